@@ -1,0 +1,79 @@
+"""``TaskRecord``: the worker's private, mutable state of one active task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._info import TaskInfo
+from ._status import TaskStatus
+
+if TYPE_CHECKING:
+    from ._threads import ThreadRun
+    from ._worker import AsyncTaskWorker
+
+#: ``flags`` bits, fixed per task at ``add_task`` time.
+IS_ASYNC = 1
+WANTS_PROGRESS = 2
+
+#: Why a running task was told to stop (``cancel_reason``).
+CANCEL = "cancel"
+TIMEOUT = "timeout"
+SHUTDOWN = "shutdown"
+
+
+class TaskRecord:
+    """State of a pending or running task. Only the worker writes it; the world
+    sees ``TaskInfo`` snapshots. Once the task finishes, the worker keeps the
+    frozen ``TaskInfo`` instead and this object is left to the garbage collector."""
+
+    __slots__ = (
+        "id", "name", "func", "args", "kwargs", "priority", "seq", "metadata", "timeout",
+        "status", "progress", "created", "started", "ctx", "task", "owner", "flags",
+        "cancel_reason", "thread", "waiter", "timer", "executor", "info",
+    )
+
+    def __init__(
+        self, owner: AsyncTaskWorker, task_id: str, name: str, func: Callable[..., Any],
+        args: tuple[Any, ...], kwargs: dict[str, Any], priority: int, seq: int,
+        metadata: Mapping[str, Any], timeout: float | None, created: float,
+        ctx: contextvars.Context, flags: int, executor: Any,
+    ) -> None:
+        self.owner = owner
+        self.id = task_id
+        self.name = name
+        self.func: Callable[..., Any] | None = func
+        self.args = args
+        self.kwargs = kwargs
+        self.priority = priority
+        self.seq = seq
+        self.metadata = metadata
+        self.timeout = timeout
+        self.status = TaskStatus.PENDING
+        self.progress = 0.0
+        self.created = created
+        self.started: float | None = None
+        self.ctx: contextvars.Context | None = ctx
+        self.task: asyncio.Task[None] | None = None
+        self.flags = flags
+        self.cancel_reason: str | None = None
+        self.thread: ThreadRun | None = None
+        self.waiter: asyncio.Future[TaskInfo] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.executor = executor
+        #: The final snapshot, once finished.
+        self.info: TaskInfo | None = None
+
+    def snapshot(self) -> TaskInfo:
+        """A ``TaskInfo`` of the current state."""
+        if self.info is not None:
+            return self.info
+        return TaskInfo._make((
+            self.id, self.name, self.status, self.priority, self.progress, None, None, None,
+            None, self.metadata, self.created, self.started, None, self.seq,
+        ))
+
+    def __repr__(self) -> str:
+        return f"<TaskRecord {self.id!r} {self.name!r} {self.status.value}>"
