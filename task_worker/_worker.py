@@ -902,6 +902,19 @@ class AsyncTaskWorker:
         self._finish_order = keep
         return dropped
 
+    # ------------------------------------------------------------------- views
+    def dashboard(self, **options: Any) -> Any:
+        """A live ``TaskDashboard`` widget of this worker (needs ``task_worker[jupyter]``)."""
+        from ._dashboard import TaskDashboard
+
+        return TaskDashboard(self, **options)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        # display(worker) shows a live dashboard, with a text table as fallback.
+        from ._dashboard import worker_mimebundle
+
+        return worker_mimebundle(self, include, exclude)
+
     # ------------------------------------------------------------------ events
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` for every change; returns a function that unsubscribes.
