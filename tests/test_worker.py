@@ -1,0 +1,666 @@
+"""AsyncTaskWorker: lifecycle, scheduling, cancellation, timeouts, failures, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import math
+import threading
+import time
+import warnings
+from datetime import timedelta, timezone
+
+import pytest
+
+from task_worker import AsyncTaskWorker, TaskInfo, TaskStatus, report_progress, task
+
+
+async def _noop() -> None:
+    return None
+
+
+async def _value(x: object) -> object:
+    return x
+
+
+# ---------------------------------------------------------------- lifecycle
+async def test_add_task_before_start_raises_and_says_what_to_do() -> None:
+    w = AsyncTaskWorker()
+    with pytest.raises(RuntimeError, match="start"):
+        await w.add_task(_noop)
+    assert len(w) == 0
+
+
+async def test_add_task_after_stop_raises_then_start_again_works() -> None:
+    w = AsyncTaskWorker()
+    await w.start()
+    await w.stop()
+    with pytest.raises(RuntimeError, match="start"):
+        await w.add_task(_noop)
+    await w.start()
+    tid = await w.add_task(_value, 5)
+    assert await w.wait(tid) == 5
+    await w.stop()
+
+
+async def test_context_manager_starts_and_stops() -> None:
+    async with AsyncTaskWorker(max_workers=2) as w:
+        assert w.running
+        assert await w.wait(await w.add_task(_value, 1)) == 1
+    assert not w.running
+
+
+async def test_second_stop_is_harmless_and_concurrent_stops_both_return() -> None:
+    w = AsyncTaskWorker()
+    await w.start()
+    gate = asyncio.Event()
+
+    async def blocked() -> None:
+        await gate.wait()
+
+    await w.add_task(blocked)
+    await asyncio.gather(w.stop(timeout=0.05), w.stop(timeout=0.05))
+    await w.stop()
+    assert not w.running
+
+
+async def test_original_readme_quickstart_runs_unchanged() -> None:
+    @task("process_data")
+    async def process_data(data, progress_callback=None):  # type: ignore[no-untyped-def]
+        total = len(data)
+        result = []
+        for i, item in enumerate(data):
+            result.append(item * 2)
+            if progress_callback:
+                progress_callback((i + 1) / total)
+            await asyncio.sleep(0)
+        return result
+
+    worker = AsyncTaskWorker(max_workers=5)
+    await worker.start()
+    try:
+        task_id = await worker.add_task(process_data, [1, 2, 3, 4, 5], priority=0)
+        while True:
+            info = worker.get_task_info(task_id)
+            assert info is not None
+            if info.status not in ("pending", "running"):
+                break
+            await asyncio.sleep(0.001)
+        info = worker.get_task_info(task_id)
+        assert info is not None and info.status == "completed"
+        assert info.result == [2, 4, 6, 8, 10]
+        assert info.progress == 1.0
+        future = worker.get_task_future(task_id)
+        assert await future == [2, 4, 6, 8, 10]
+        futures = worker.get_task_futures([task_id])
+        assert await asyncio.gather(*futures, return_exceptions=True) == [[2, 4, 6, 8, 10]]
+    finally:
+        await worker.stop()
+
+
+# -------------------------------------------------------------- bad input
+@pytest.mark.parametrize("value", [0, -1])
+def test_max_workers_below_one_is_a_value_error(value: int) -> None:
+    with pytest.raises(ValueError, match="max_workers"):
+        AsyncTaskWorker(max_workers=value)
+
+
+def test_max_workers_must_be_an_int() -> None:
+    with pytest.raises(TypeError, match="max_workers"):
+        AsyncTaskWorker(max_workers=2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, 0, math.inf, math.nan])
+def test_bad_task_timeout_is_a_value_error(bad: float) -> None:
+    with pytest.raises(ValueError, match="task_timeout"):
+        AsyncTaskWorker(task_timeout=bad)
+
+
+async def test_bad_input_to_add_task_raises_and_changes_nothing(worker: AsyncTaskWorker) -> None:
+    await worker.add_task(_noop, task_id="taken")
+    before = len(worker)
+    with pytest.raises(TypeError, match="not callable|task function"):
+        await worker.add_task(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="already exists"):
+        await worker.add_task(_noop, task_id="taken")
+    with pytest.raises(TypeError, match="priority"):
+        await worker.add_task(_noop, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="priority"):
+        await worker.add_task(_noop, priority=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        await worker.add_task(_noop, timeout=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        await worker.add_task(_noop, timeout=math.nan)
+    with pytest.raises(TypeError, match="metadata"):
+        await worker.add_task(_noop, metadata=[1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="task_id"):
+        await worker.add_task(_noop, task_id=7)  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="unknown task type 'nope'"):
+        await worker.add_task("nope")
+    assert len(worker) == before
+    assert worker.stats().counts[TaskStatus.PENDING] + worker.stats().counts[TaskStatus.RUNNING] <= 1
+
+
+async def test_coroutine_object_is_refused_and_closed_without_warning(worker: AsyncTaskWorker) -> None:
+    coro = _value(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match="coroutine \\*function\\*"):
+            await worker.add_task(coro)  # type: ignore[arg-type]
+        del coro
+        gc.collect()
+    assert len(worker) == 0
+
+
+async def test_unknown_type_name_lists_known_ones(worker: AsyncTaskWorker) -> None:
+    task("known_a")(_noop)
+    with pytest.raises(KeyError, match="known_a"):
+        await worker.add_task("unknown")
+
+
+# ----------------------------------------------------------- scheduling
+async def test_lower_priority_number_runs_first_and_ties_keep_submission_order() -> None:
+    order: list[str] = []
+
+    async def record(name: str) -> None:
+        order.append(name)
+
+    async with AsyncTaskWorker(max_workers=1) as w:
+        gate = asyncio.Event()
+        await w.add_task(gate.wait)  # occupies the only slot
+        for name, prio in [("c", 5), ("a1", 1), ("b", 3), ("a2", 1), ("z", -1), ("a3", 1)]:
+            await w.add_task(record, name, priority=prio)
+        gate.set()
+        await w.join()
+    assert order == ["z", "a1", "a2", "a3", "b", "c"]
+
+
+async def test_burst_added_in_one_turn_starts_in_priority_order_on_an_idle_worker() -> None:
+    order: list[int] = []
+
+    async def record(p: int) -> None:
+        order.append(p)
+
+    async with AsyncTaskWorker(max_workers=1) as w:
+        for p in [3, 1, 2, 0]:
+            w.add_task_nowait(record, p, priority=p)
+        await w.join()
+    assert order == [0, 1, 2, 3]
+
+
+async def test_equal_priorities_keep_submission_order_under_load() -> None:
+    order: list[int] = []
+
+    async def record(i: int) -> None:
+        order.append(i)
+        await asyncio.sleep(0)
+
+    async with AsyncTaskWorker(max_workers=1) as w:
+        for i in range(2000):
+            await w.add_task(record, i)
+        await w.join()
+    assert order == list(range(2000))
+
+
+async def test_concurrency_never_exceeds_max_workers_and_free_slots_fill_at_once() -> None:
+    running = 0
+    peak = 0
+    release: list[asyncio.Event] = []
+
+    async def body(ev: asyncio.Event) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await ev.wait()
+        running -= 1
+
+    async with AsyncTaskWorker(max_workers=3) as w:
+        events = [asyncio.Event() for _ in range(9)]
+        ids = [await w.add_task(body, ev) for ev in events]
+        release.extend(events)
+        await asyncio.sleep(0)  # let the dispatcher run
+        await asyncio.sleep(0)
+        assert w.stats().busy == 3
+        assert [w.get_task_info(i).status for i in ids].count("running") == 3  # type: ignore[union-attr]
+        # Finishing one task starts the next in the same loop pass: no polling delay.
+        events[0].set()
+        await w.wait(ids[0])
+        await asyncio.sleep(0)
+        assert w.get_task_info(ids[3]).status == "running"  # type: ignore[union-attr]
+        for ev in events:
+            ev.set()
+        await w.join()
+    assert peak == 3
+
+
+async def test_max_workers_can_grow_at_runtime() -> None:
+    async with AsyncTaskWorker(max_workers=1) as w:
+        gate = asyncio.Event()
+        a = await w.add_task(gate.wait)
+        b = await w.add_task(gate.wait)
+        await asyncio.sleep(0)
+        assert w.get_task_info(b).status == "pending"  # type: ignore[union-attr]
+        w.max_workers = 2
+        assert w.get_task_info(b).status == "running"  # type: ignore[union-attr]
+        gate.set()
+        await w.join()
+        assert w.get_task_info(a).status == "completed"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- results
+async def test_wait_returns_result_and_join_waits_for_everything(worker: AsyncTaskWorker) -> None:
+    ids = [await worker.add_task(_value, i) for i in range(10)]
+    await worker.join()
+    assert [await worker.wait(i) for i in ids] == list(range(10))
+    assert worker.stats().counts[TaskStatus.COMPLETED] == 10
+
+
+async def test_wait_unknown_id_raises_key_error(worker: AsyncTaskWorker) -> None:
+    with pytest.raises(KeyError):
+        await worker.wait("nope")
+
+
+async def test_wait_timeout_leaves_the_task_running(worker: AsyncTaskWorker) -> None:
+    gate = asyncio.Event()
+    tid = await worker.add_task(gate.wait)
+    with pytest.raises(asyncio.TimeoutError):
+        await worker.wait(tid, timeout=0.01)
+    assert worker.get_task_info(tid).status == "running"  # type: ignore[union-attr]
+    gate.set()
+    assert await worker.wait(tid) is True
+
+
+async def test_task_info_fields_and_timestamps(worker: AsyncTaskWorker) -> None:
+    tid = await worker.add_task(_value, "x", priority=3, metadata={"k": "v"})
+    await worker.wait(tid)
+    info = worker.get_task_info(tid)
+    assert isinstance(info, TaskInfo)
+    assert (info.id, info.name, info.status, info.priority) == (tid, "_value", "completed", 3)
+    assert info.result == "x" and info.error is None and info.exception is None
+    assert info.metadata == {"k": "v"}
+    assert info.created_at.tzinfo is timezone.utc
+    assert info.created_at <= info.started_at <= info.completed_at  # type: ignore[operator]
+    assert info.done and info.elapsed is not None and info.elapsed >= 0
+    assert "completed" in repr(info)
+
+
+async def test_snapshot_cannot_corrupt_worker_state(worker: AsyncTaskWorker) -> None:
+    meta = {"k": [1]}
+    tid = await worker.add_task(_value, 1, metadata=meta)
+    meta["k2"] = 2  # the caller's dict is copied
+    info = worker.get_task_info(tid)
+    assert info is not None
+    with pytest.raises(TypeError):
+        info.metadata["x"] = 1  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        info.status = TaskStatus.FAILED  # type: ignore[misc]
+    assert worker.get_task_info(tid).metadata == {"k": [1]}  # type: ignore[union-attr]
+
+
+async def test_registered_name_is_the_task_name_and_type_names_work(worker: AsyncTaskWorker) -> None:
+    @task("doubler")
+    async def double(x: int) -> int:
+        return 2 * x
+
+    assert await double(2) == 4  # the decorator returns the function unchanged
+    a = await worker.add_task("doubler", 4)
+    b = await worker.add_task(double, 5)
+    assert await worker.wait(a) == 8 and await worker.wait(b) == 10
+    assert worker.get_task_info(a).name == "doubler"  # type: ignore[union-attr]
+    assert worker.get_task_info(b).name == "doubler"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- failures
+async def test_failing_task_records_message_exception_and_traceback(worker: AsyncTaskWorker) -> None:
+    async def boom() -> None:
+        raise ValueError("bad value")
+
+    tid = await worker.add_task(boom)
+    with pytest.raises(ValueError, match="bad value"):
+        await worker.wait(tid)
+    info = worker.get_task_info(tid)
+    assert info is not None and info.status == "failed"
+    assert info.error == "ValueError: bad value"
+    assert isinstance(info.exception, ValueError)
+    assert "in boom" in (info.traceback or "") and "task_worker/_worker.py" not in (info.traceback or "")
+    # The worker goes on.
+    assert await worker.wait(await worker.add_task(_value, 1)) == 1
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+async def test_keyboard_interrupt_and_system_exit_fail_the_task_not_the_worker(
+    worker: AsyncTaskWorker, exc_type: type[BaseException],
+) -> None:
+    async def body() -> None:
+        raise exc_type()
+
+    def sync_body() -> None:
+        raise exc_type()
+
+    for func in (body, sync_body):
+        tid = await worker.add_task(func)
+        with pytest.raises(exc_type):
+            await worker.wait(tid)
+        assert worker.get_task_info(tid).status == "failed"  # type: ignore[union-attr]
+    assert await worker.wait(await worker.add_task(_value, 2)) == 2
+
+
+async def test_unretrieved_failures_never_reach_asyncio_exception_handler() -> None:
+    seen: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    try:
+        async with AsyncTaskWorker() as w:
+            async def boom() -> None:
+                raise RuntimeError("nobody waits for me")
+
+            for _ in range(5):
+                await w.add_task(boom)
+            w.get_task_future(await w.add_task(boom))  # a future nobody awaits
+            await w.join()
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert seen == []
+
+
+# ---------------------------------------------------------------- timeouts
+async def test_per_task_timeout_fails_with_timeout_error(worker: AsyncTaskWorker) -> None:
+    tid = await worker.add_task(asyncio.sleep, 30, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await worker.wait(tid)
+    info = worker.get_task_info(tid)
+    assert info is not None and info.status == "failed"
+    assert isinstance(info.exception, TimeoutError)
+    assert "timed out after 0.05 s" in (info.error or "")
+
+
+async def test_worker_task_timeout_applies_to_every_task() -> None:
+    async with AsyncTaskWorker(task_timeout=0.05) as w:
+        tid = await w.add_task(asyncio.sleep, 30)
+        with pytest.raises(TimeoutError):
+            await w.wait(tid)
+        fast = await w.add_task(_value, 3)
+        assert await w.wait(fast) == 3
+
+
+async def test_timeout_stops_a_thread_body(worker: AsyncTaskWorker) -> None:
+    stopped = threading.Event()
+
+    def spin() -> None:
+        try:
+            while True:
+                pass
+        finally:
+            stopped.set()
+
+    tid = await worker.add_task(spin, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await worker.wait(tid)
+    assert stopped.wait(5)
+
+
+# ------------------------------------------------------------ cancellation
+async def test_cancel_pending_task_never_runs() -> None:
+    ran: list[str] = []
+
+    async def body(name: str) -> None:
+        ran.append(name)
+
+    async with AsyncTaskWorker(max_workers=1) as w:
+        gate = asyncio.Event()
+        await w.add_task(gate.wait)
+        victim = await w.add_task(body, "victim")
+        other = await w.add_task(body, "other")
+        assert await w.cancel_task(victim) is True
+        assert w.get_task_info(victim).status == "cancelled"  # type: ignore[union-attr]
+        gate.set()
+        await w.wait(other)
+        await w.join()
+    assert ran == ["other"]
+
+
+async def test_cancel_running_coroutine_delivers_cancelled_error(worker: AsyncTaskWorker) -> None:
+    started = asyncio.Event()
+    saw_cancel = asyncio.Event()
+
+    async def body() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            saw_cancel.set()
+            raise
+
+    tid = await worker.add_task(body)
+    await started.wait()
+    assert await worker.cancel_task(tid) is True
+    assert saw_cancel.is_set()
+    assert worker.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+    with pytest.raises(asyncio.CancelledError):
+        await worker.wait(tid)
+
+
+async def test_cancel_unknown_or_finished_returns_false(worker: AsyncTaskWorker) -> None:
+    assert await worker.cancel_task("nope") is False
+    tid = await worker.add_task(_value, 1)
+    await worker.wait(tid)
+    assert await worker.cancel_task(tid) is False
+    assert worker.cancel_task_nowait(tid) is False
+
+
+async def test_cancel_thread_pure_python_loop_stops_within_100ms(worker: AsyncTaskWorker) -> None:
+    started = threading.Event()
+    stopped = threading.Event()
+
+    def spin() -> None:
+        started.set()
+        try:
+            while True:
+                pass
+        finally:
+            stopped.set()
+
+    tid = await worker.add_task(spin)
+    await asyncio.to_thread(started.wait, 5)
+    t0 = time.perf_counter()
+    assert await worker.cancel_task(tid) is True
+    elapsed = time.perf_counter() - t0
+    assert stopped.is_set()
+    assert worker.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+    assert elapsed < 0.1, elapsed
+
+
+async def test_cancel_thread_that_reports_progress_raises_at_next_report(worker: AsyncTaskWorker) -> None:
+    started = threading.Event()
+    raised: list[BaseException] = []
+
+    def cooperative() -> None:
+        started.set()
+        try:
+            while True:
+                report_progress(0.5)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    tid = await worker.add_task(cooperative)
+    await asyncio.to_thread(started.wait, 5)
+    assert await worker.cancel_task(tid) is True
+    assert len(raised) == 1
+    assert worker.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_thread_in_c_call_is_marked_cancelled_after_grace_and_keeps_its_slot() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def c_call() -> str:
+        started.set()
+        release.wait()  # a C call: the interruption waits for it to return
+        return "done"
+
+    async with AsyncTaskWorker(max_workers=1, cancel_grace=0.05) as w:
+        tid = await w.add_task(c_call)
+        await asyncio.to_thread(started.wait, 5)
+        assert await w.cancel_task(tid) is True
+        assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+        assert "abandoned" in (w.get_task_info(tid).error or "")  # type: ignore[union-attr]
+        nxt = await w.add_task(_value, 1)
+        await asyncio.sleep(0.01)
+        # the slot is still held by the thread finishing its C call
+        assert w.stats().busy == 1
+        assert w.get_task_info(nxt).status == "pending"  # type: ignore[union-attr]
+        release.set()
+        assert await w.wait(nxt) == 1
+        assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_coroutine_refusing_cancel_is_marked_cancelled_after_grace() -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass  # refuses
+
+    async with AsyncTaskWorker(max_workers=1, cancel_grace=0.05) as w:
+        tid = await w.add_task(stubborn)
+        await started.wait()
+        t0 = time.perf_counter()
+        assert await w.cancel_task(tid) is True
+        assert time.perf_counter() - t0 < 1.0
+        assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+        release.set()
+
+
+# -------------------------------------------------------------------- stop
+async def test_stop_cancels_pending_and_running_and_leaves_no_asyncio_task() -> None:
+    before = asyncio.all_tasks()
+    w = AsyncTaskWorker(max_workers=2, cancel_grace=0.2)
+    await w.start()
+    ids = [await w.add_task(asyncio.sleep, 30) for _ in range(5)]
+    await asyncio.sleep(0)
+    t0 = time.perf_counter()
+    await w.stop(timeout=0.1)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.1 + 0.2 + 0.2
+    statuses = [w.get_task_info(i).status for i in ids]  # type: ignore[union-attr]
+    assert statuses == ["cancelled"] * 5
+    assert w.stats().counts[TaskStatus.PENDING] == 0 and w.stats().counts[TaskStatus.RUNNING] == 0
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_stop_lets_running_tasks_finish_within_timeout() -> None:
+    w = AsyncTaskWorker()
+    await w.start()
+    gate = asyncio.Event()
+
+    async def body() -> str:
+        await gate.wait()
+        return "finished"
+
+    tid = await w.add_task(body)
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_soon(gate.set)
+    await w.stop(timeout=5)
+    assert w.get_task_info(tid).status == "completed"  # type: ignore[union-attr]
+
+
+async def test_stop_with_a_stuck_thread_returns_in_bounded_time() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def c_call() -> None:
+        started.set()
+        release.wait()
+
+    w = AsyncTaskWorker(cancel_grace=0.1)
+    await w.start()
+    tid = await w.add_task(c_call)
+    await asyncio.to_thread(started.wait, 5)
+    t0 = time.perf_counter()
+    await w.stop(timeout=0.1)
+    assert time.perf_counter() - t0 < 1.0
+    assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+    release.set()
+
+
+# ---------------------------------------------------------------- context
+async def test_each_task_runs_in_the_context_captured_at_add_task(worker: AsyncTaskWorker) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def read() -> str:
+        return var.get()
+
+    def read_sync() -> str:
+        return var.get()
+
+    var.set("first")
+    a = await worker.add_task(read)
+    b = await worker.add_task(read_sync)
+    var.set("second")
+    c = await worker.add_task(read)
+    assert [await worker.wait(x) for x in (a, b, c)] == ["first", "first", "second"]
+
+
+# ----------------------------------------------------------------- queries
+async def test_get_all_tasks_filters_newest_first_and_limit() -> None:
+    async with AsyncTaskWorker(max_workers=2) as w:
+        async def boom() -> None:
+            raise ValueError
+
+        ok = [await w.add_task(_value, i) for i in range(5)]
+        bad = [await w.add_task(boom) for _ in range(3)]
+        await w.join()
+        all_ids = [i.id for i in w.get_all_tasks()]
+        assert all_ids == list(reversed(ok + bad))
+        assert [i.id for i in w.get_all_tasks(status="completed")] == list(reversed(ok))
+        assert [i.id for i in w.get_all_tasks(status=TaskStatus.FAILED)] == list(reversed(bad))
+        assert [i.id for i in w.get_all_tasks(status=["failed", "completed"], limit=4)] == \
+            list(reversed(ok + bad))[:4]
+        assert [i.id for i in w.get_all_tasks(status="completed", limit=2)] == list(reversed(ok))[:2]
+        assert w.get_all_tasks(status="cancelled") == []
+        assert w.get_all_tasks(older_than=timedelta(hours=1)) == []
+        assert len(w.get_all_tasks(older_than=timedelta(0))) == 8
+        with pytest.raises(ValueError, match="unknown task status"):
+            w.get_all_tasks(status="done")
+        with pytest.raises(ValueError, match="limit"):
+            w.get_all_tasks(limit=-1)
+
+
+async def test_get_queue_lists_pending_in_start_order() -> None:
+    async with AsyncTaskWorker(max_workers=1) as w:
+        gate = asyncio.Event()
+        await w.add_task(gate.wait)
+        await asyncio.sleep(0)
+        ids = {p: await w.add_task(_value, p, priority=p) for p in (5, 1, 3)}
+        assert [i.id for i in w.get_queue()] == [ids[1], ids[3], ids[5]]
+        assert [i.id for i in w.get_queue(limit=1)] == [ids[1]]
+        # get_all_tasks is newest-first by creation, whatever the status
+        assert [i.id for i in w.get_all_tasks(status="pending")] == [ids[3], ids[1], ids[5]]
+        gate.set()
+
+
+async def test_history_is_bounded_oldest_first_and_clear_drops_finished() -> None:
+    async with AsyncTaskWorker(max_history=5) as w:
+        gate = asyncio.Event()
+        keep_running = await w.add_task(gate.wait)
+        ids = [await w.add_task(_value, i) for i in range(8)]
+        while w.stats().counts[TaskStatus.PENDING] or len(w.get_running()) > 1:
+            await w.wait(w.get_running()[-1].id) if len(w.get_running()) > 1 else await asyncio.sleep(0)
+        known = [t.id for t in w.get_all_tasks()]
+        assert keep_running in known
+        assert [i for i in ids if i in known] == ids[-5:]
+        assert w.clear() == 5
+        assert [t.id for t in w.get_all_tasks()] == [keep_running]
+        gate.set()
+        await w.join()
+        assert w.clear(older_than=timedelta(hours=1)) == 0
