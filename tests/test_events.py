@@ -1,0 +1,73 @@
+"""Subscriptions: order, isolation of failing callbacks, unsubscribe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from task_worker import AsyncTaskWorker, EventKind, TaskEvent
+
+
+async def test_event_sequence_for_a_task(worker: AsyncTaskWorker) -> None:
+    events: list[TaskEvent] = []
+    worker.subscribe(events.append)
+
+    async def body() -> int:
+        return 1
+
+    tid = await worker.add_task(body)
+    await worker.wait(tid)
+    assert [(e.kind, e.info.status) for e in events if e.info] == [  # type: ignore[union-attr]
+        (EventKind.ADDED, "pending"),
+        (EventKind.STARTED, "running"),
+        (EventKind.FINISHED, "completed"),
+    ]
+    assert events[-1].info.result == 1  # type: ignore[union-attr]
+
+
+async def test_a_raising_subscriber_is_logged_and_breaks_nothing(
+    worker: AsyncTaskWorker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    good: list[TaskEvent] = []
+
+    def bad(event: TaskEvent) -> None:
+        raise RuntimeError("subscriber bug")
+
+    worker.subscribe(bad)
+    worker.subscribe(good.append)
+    with caplog.at_level(logging.ERROR, logger="task_worker"):
+        tid = await worker.add_task(asyncio.sleep, 0)
+        await worker.wait(tid)
+    assert [e.kind for e in good if e.task_id == tid][-1] == EventKind.FINISHED
+    assert "subscriber bug" in caplog.text
+
+
+async def test_unsubscribe_stops_delivery_and_is_idempotent(worker: AsyncTaskWorker) -> None:
+    events: list[TaskEvent] = []
+    unsubscribe = worker.subscribe(events.append)
+    unsubscribe()
+    unsubscribe()
+    await worker.wait(await worker.add_task(asyncio.sleep, 0))
+    assert events == []
+
+
+def test_subscribe_needs_a_callable() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        AsyncTaskWorker().subscribe(42)  # type: ignore[arg-type]
+
+
+async def test_worker_and_removed_events() -> None:
+    events: list[TaskEvent] = []
+    w = AsyncTaskWorker()
+    w.subscribe(events.append)
+    await w.start()
+    tid = await w.add_task(asyncio.sleep, 0)
+    await w.wait(tid)
+    w.clear()
+    await w.stop()
+    kinds = [e.kind for e in events]
+    assert kinds[0] == EventKind.WORKER and kinds[-1] == EventKind.WORKER
+    removed = [e for e in events if e.kind == EventKind.REMOVED]
+    assert len(removed) == 1 and removed[0].task_id == tid
