@@ -1,0 +1,256 @@
+"""The view a ``%%task`` cell shows: the dashboard in single-task mode over the task's output area.
+
+``TaskCellView`` composes ``TaskDashboard(worker, task_id=...)`` (name, priority,
+status, progress, elapsed, Cancel, and a note line that says when the task was
+starved) over an ``ipywidgets.Output`` that the task's ``TaskOutput`` fills.
+``CellViews`` owns every view of one extension: one worker subscription shows
+each task's result or traceback when it finishes, and one loop-lag heartbeat
+(armed only while a viewed task runs) notices when the loop was blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import traceback as _tb
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ._events import EventKind, TaskEvent
+from ._info import TaskInfo
+from ._output import TaskOutput
+from ._status import TaskStatus
+from ._worker import AsyncTaskWorker
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: The module whose frames run a %%task cell's code (the frame right after is the cell's).
+_RUNNER_FILE = os.path.join(_PKG_DIR, "_magics.py")
+
+#: A heartbeat that fires this much later than asked means the loop was blocked.
+STARVED_AFTER = 1.0
+HEARTBEAT = 0.25
+
+
+class TaskCellView:
+    """What one ``%%task`` cell displays; ``close()`` closes every widget it made.
+
+    Args:
+        worker: The worker running the task.
+        task_id: The task shown.
+        output: The task's output area (``ipywidgets.Output``), already receiving output.
+        sink: The ``TaskOutput`` feeding ``output``.
+        show_result: Display the task's result when it completes (a cell ending in
+            ``;`` does not, as in IPython).
+    """
+
+    def __init__(self, worker: AsyncTaskWorker, task_id: str, output: Any, sink: TaskOutput, *,
+                 show_result: bool = True) -> None:
+        import ipywidgets
+
+        from ._dashboard import TaskDashboard
+
+        self.worker = worker
+        self.task_id = task_id
+        self.output = output
+        self.sink = sink
+        self.show_result = show_result
+        #: Longest loop blockage seen while the task ran, in seconds (0: none).
+        self.starved_for = 0.0
+        self.dashboard = TaskDashboard(worker, task_id=task_id)
+        self.widget = ipywidgets.VBox([self.dashboard, output])
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<TaskCellView {self.task_id!r}{' closed' if self.closed else ''}>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        # Where widgets cannot render (nbclient, a terminal): the task's row as text.
+        return {**data, "text/plain": self.dashboard.text()}, meta
+
+    def note_starved(self, seconds: float) -> None:
+        """Record that the loop was blocked for ``seconds`` while the task ran."""
+        if self.closed or seconds < self.starved_for + 0.1:
+            return
+        self.starved_for = seconds
+        self.dashboard.note = (
+            f"starved: the event loop was blocked for {seconds:.1f} s (longest) while this task "
+            "ran, e.g. by a cell running blocking code; async tasks and this view were paused")
+
+    def finished(self, info: TaskInfo, format_value: Callable[[Any], tuple[Any, Any]],
+                 format_error: Callable[[BaseException], tuple[str, str, list[str]]]) -> None:
+        """Show the outcome in the output area: the result, or the traceback."""
+        if self.closed:
+            return
+        if info.status is TaskStatus.COMPLETED and self.show_result and info.result is not None:
+            data, metadata = format_value(info.result)
+            if data:
+                self.sink.display(data, metadata)
+        elif info.status is TaskStatus.FAILED and info.exception is not None:
+            self.sink.error(*format_error(info.exception))
+        self.sink.flush()
+
+    def close(self) -> None:
+        """Close the widgets (the view disappears from the page) and drop pending output."""
+        if self.closed:
+            return
+        self.closed = True
+        self.sink.close()
+        for w in (self.widget, self.output, self.dashboard):
+            w.close()
+
+
+class LoopLagMonitor:
+    """A heartbeat on the loop, armed only while it has views to tell: a beat that
+    comes ``threshold`` seconds late means the loop was blocked that long."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, interval: float = HEARTBEAT,
+                 threshold: float = STARVED_AFTER) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.threshold = threshold
+        self._views: dict[int, TaskCellView] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    @property
+    def armed(self) -> bool:
+        """True while a heartbeat is scheduled."""
+        return self._handle is not None
+
+    def watch(self, view: TaskCellView) -> None:
+        """Tell ``view`` about blockages from now on."""
+        self._views[id(view)] = view
+        if self._handle is None:
+            self._arm()
+
+    def unwatch(self, view: TaskCellView) -> None:
+        """Stop telling ``view``; the heartbeat stops with the last view."""
+        self._views.pop(id(view), None)
+        if not self._views:
+            self.stop()
+
+    def stop(self) -> None:
+        """Forget all views and cancel the heartbeat."""
+        self._views.clear()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self) -> None:
+        self._due = self.loop.time() + self.interval
+        self._handle = self.loop.call_later(self.interval, self._beat)
+
+    def _beat(self) -> None:
+        self._handle = None
+        lag = self.loop.time() - self._due
+        if lag >= self.threshold:
+            for view in list(self._views.values()):
+                view.note_starved(lag)
+        if self._views:
+            self._arm()
+
+
+class CellViews:
+    """Every ``TaskCellView`` of one shell, with the event plumbing they share."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self._views: dict[tuple[int, str], TaskCellView] = {}
+        self._subscriptions: dict[int, tuple[AsyncTaskWorker, Callable[[], None]]] = {}
+        self._monitors: dict[int, LoopLagMonitor] = {}
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def get(self, worker: AsyncTaskWorker, task_id: str) -> TaskCellView | None:
+        """The view of ``task_id``, if it has one."""
+        return self._views.get((id(worker), task_id))
+
+    def create(self, worker: AsyncTaskWorker, task_id: str, output: Any, sink: TaskOutput, *,
+               show_result: bool = True) -> TaskCellView:
+        """Build and keep the view of a task just added to ``worker``."""
+        view = TaskCellView(worker, task_id, output, sink, show_result=show_result)
+        key = (id(worker), task_id)
+        if id(worker) not in self._subscriptions:
+            unsubscribe = worker.subscribe(lambda ev: self._on_event(worker, ev))
+            self._subscriptions[id(worker)] = (worker, unsubscribe)
+        self._views[key] = view
+        info = worker.get_task_info(task_id)
+        if info is None or info.done:  # finished before we were listening
+            if info is not None:
+                view.finished(info, self._format_value, self._format_error)
+        elif info.status is TaskStatus.RUNNING:
+            self._monitor(worker).watch(view)
+        return view
+
+    def _monitor(self, worker: AsyncTaskWorker) -> LoopLagMonitor:
+        loop = worker.loop
+        assert loop is not None
+        mon = self._monitors.get(id(loop))
+        if mon is None or mon.loop is not loop:
+            mon = self._monitors[id(loop)] = LoopLagMonitor(loop)
+        return mon
+
+    def _on_event(self, worker: AsyncTaskWorker, event: TaskEvent) -> None:
+        kind = event.kind
+        if kind is not EventKind.STARTED and kind is not EventKind.FINISHED:
+            return
+        info = event.info
+        assert info is not None
+        view = self._views.get((id(worker), info.id))
+        if view is None:
+            return
+        if kind is EventKind.STARTED:
+            self._monitor(worker).watch(view)
+        else:
+            if worker.loop is not None:
+                self._monitor(worker).unwatch(view)
+            view.finished(info, self._format_value, self._format_error)
+
+    def _format_value(self, value: Any) -> tuple[Any, Any]:
+        return self.shell.display_formatter.format(value)  # type: ignore[no-any-return]
+
+    def _format_error(self, exc: BaseException) -> tuple[str, str, list[str]]:
+        tb = user_traceback(exc.__traceback__)
+        try:
+            lines = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb)
+        except Exception:  # a broken formatter must not hide the error
+            lines = _tb.format_exception(type(exc), exc, tb)
+        return type(exc).__name__, str(exc), list(lines)
+
+    def close_all(self) -> None:
+        """Close every view, unsubscribe and stop the heartbeats."""
+        for _, unsubscribe in self._subscriptions.values():
+            unsubscribe()
+        self._subscriptions.clear()
+        for mon in self._monitors.values():
+            mon.stop()
+        self._monitors.clear()
+        views, self._views = list(self._views.values()), {}
+        for view in views:
+            view.close()
+
+
+def user_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """The part of ``tb`` that is the user's: from the cell's own frame on.
+
+    The frames before it (the worker, the cell runner, and whoever re-raised the
+    stored exception since, e.g. ``await wait(...)``) mean nothing to the user.
+    """
+    after_runner = None
+    t = tb
+    while t is not None:
+        if t.tb_frame.f_code.co_filename == _RUNNER_FILE:
+            after_runner = t.tb_next
+        t = t.tb_next
+    if after_runner is not None:
+        return after_runner
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
+        tb = tb.tb_next
+    return tb
+
+
+__all__ = ["CellViews", "LoopLagMonitor", "TaskCellView", "user_traceback"]
