@@ -105,6 +105,11 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
         return
     if widgets is None:
         widgets = getattr(ip, "kernel", None) is not None
+    if widgets:
+        # Import the widget stack now, so that the first %%task cell returns at once.
+        import ipywidgets  # noqa: F401
+
+        from ._dashboard import TaskDashboard  # noqa: F401
     capture = OutputCapture(ip) if widgets else None
     magics = TaskMagics(ip, widgets=widgets)
     state = _Loaded(ip, magics, capture)
