@@ -1,0 +1,543 @@
+"""``DaskExecutor``: run task bodies on a Dask cluster through a ``distributed.Client``.
+
+The worker keeps the queue, the slots (``max_workers``), statuses, timeouts and
+events; only the body runs on the cluster. One executor exists per client (so
+``add_task(..., executor=client)`` called 10,000 times shares one), and all of
+its Dask calls happen on the client's event loop: the worker's own loop for an
+``asynchronous=True`` client made in the notebook, the client's thread for a
+synchronous one. Traffic between the two loops is batched per loop turn.
+
+Per task:
+
+* submission: ``client.submit`` of a small wrapper (``_remote_call``) with a
+  fresh key named after the function, so the Dask dashboard groups by name;
+* results: futures that finish together are fetched with one ``gather``
+  (while one gather is in flight the next batch accumulates);
+* errors: re-raised with the remote traceback, as ``Future.result()`` does;
+* progress: on the Dask worker, ``task_worker.report_progress`` finds a
+  ``_RemoteReporter`` in its ContextVar. It sends at most one message per
+  ``PROGRESS_INTERVAL`` per task (plus one trailing message for the latest
+  value) with ``Worker.log_event`` on a topic this executor subscribed to;
+  the executor merges what arrives in one loop turn into one ``report`` call
+  per task;
+* cancel: a cancelled ``run`` cancels the Dask future. The Dask worker then
+  moves the executing key to its ``cancelled`` state; the reporter checks that
+  state (a local dict lookup, no network) on every call and raises
+  ``CancelledError``, so cooperative code stops at its next
+  ``report_progress``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+import pickle
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from ._progress import check_fraction, current_record
+
+#: Seconds between two progress messages of one remote task.
+PROGRESS_INTERVAL = 0.1
+
+_THIS_FILE = os.path.abspath(__file__)
+
+#: Worker-side states of a key whose body is (still) wanted.
+_ALIVE_STATES = frozenset({"executing", "long-running"})
+
+# Kinds of messages a worker loop sends to the client loop.
+_SUBMIT = 0
+_CANCEL = 1
+
+
+def _client_type() -> type:
+    from distributed import Client
+
+    return Client
+
+
+def _key_prefix(func: Callable[..., Any]) -> str:
+    name = getattr(func, "__name__", None) or type(func).__name__
+    # Dask groups keys by the part before the first "-"; keep the name clean.
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "task"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _is_worker_progress_callback(value: object) -> bool:
+    # The core injects its own ``progress_callback`` closure into kwargs when the
+    # function declares that parameter; it cannot run on the cluster. See the
+    # report: the core should leave this to the executor.
+    return (getattr(value, "__module__", None) == "task_worker._worker"
+            and getattr(value, "__name__", None) == "progress_callback")
+
+
+class _Job:
+    """One task body on its way to, on, or back from the cluster."""
+
+    __slots__ = (
+        "args",
+        "cancelled",
+        "done",
+        "func",
+        "future",
+        "key",
+        "kwargs",
+        "loop",
+        "report",
+        "task_id",
+    )
+
+    def __init__(
+        self, key: str, task_id: str | None, func: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any], report: Callable[[float], None], loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.key = key
+        self.task_id = task_id
+        self.func: Callable[..., Any] | None = func
+        self.args = args
+        self.kwargs = kwargs
+        self.report = report
+        self.loop = loop  # the worker's loop, where ``done`` lives
+        self.done: asyncio.Future[Any] = loop.create_future()
+        self.future: Any = None  # the distributed.Future, once submitted
+        self.cancelled = False
+
+
+class DaskExecutor:
+    """Runs task bodies on a Dask cluster (``AsyncTaskWorker(executor=client)``).
+
+    Usually made for you: pass a ``distributed.Client`` (asynchronous or not)
+    as ``executor=``. ``DaskExecutor(client)`` returns the one executor of that
+    client. ``task_worker`` must be installed on the Dask workers.
+
+    Raises:
+        TypeError: ``client`` is not a ``distributed.Client``.
+    """
+
+    _by_client: ClassVar[weakref.WeakKeyDictionary[Any, DaskExecutor]] = weakref.WeakKeyDictionary()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __new__(cls, client: Any) -> DaskExecutor:
+        if not isinstance(client, _client_type()):
+            raise TypeError(f"DaskExecutor needs a distributed.Client, got {client!r}")
+        with cls._lock:
+            self = cls._by_client.get(client)
+            if self is None:
+                self = super().__new__(cls)
+                self._setup(client)
+                cls._by_client[client] = self
+        return self
+
+    def _setup(self, client: Any) -> None:
+        # Weak: the executor must not keep a closed, dropped client alive. Jobs
+        # in flight keep it alive through their futures.
+        self._client_ref = weakref.ref(client)
+        self._topic = f"task_worker-progress-{uuid.uuid4().hex}"
+        self._subscribed = False
+        # Filled from any thread, drained on the client loop.
+        self._inbox: deque[tuple[int, _Job]] = deque()
+        self._inbox_scheduled = False
+        # Client-loop state.
+        self._jobs: dict[str, _Job] = {}  # submitted, not yet settled
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._ready: list[_Job] = []
+        self._gathering = False
+        self._progress: dict[str, tuple[_Job, float]] = {}
+        self._progress_scheduled = False
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` this executor submits to."""
+        client = self._client_ref()
+        if client is None:
+            raise RuntimeError("the distributed.Client of this DaskExecutor was garbage-collected")
+        return client
+
+    @property
+    def progress_topic(self) -> str:
+        """The Dask event topic remote progress travels on (see ``Client.get_events``)."""
+        return self._topic
+
+    def __repr__(self) -> str:
+        client = self._client_ref()
+        where = getattr(getattr(client, "scheduler", None), "address", None) if client else None
+        return f"<DaskExecutor {where or client!r} in_flight={len(self._jobs)}>"
+
+    # ------------------------------------------------------- worker-loop side
+    async def run(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        report: Callable[[float], None],
+    ) -> Any:
+        """Run ``func(*args, **kwargs)`` on the cluster and return its result.
+
+        Awaited by the worker inside the task's own asyncio task. Cancelling it
+        (cancel, timeout, stop) cancels the Dask future, then re-raises.
+        """
+        client = self.client
+        if client.status not in ("running", "connecting", "newly-created"):
+            raise RuntimeError(f"the distributed.Client is {client.status}; it cannot run tasks")
+        rec = current_record.get()
+        task_id = rec.id if rec is not None else None
+        if "progress_callback" in kwargs and _is_worker_progress_callback(kwargs["progress_callback"]):
+            kwargs = {k: v for k, v in kwargs.items() if k != "progress_callback"}
+            wants_progress = True
+        else:
+            wants_progress = False
+        job = _Job(f"{_key_prefix(func)}-{uuid.uuid4().hex}", task_id, func, args,
+                   kwargs, report, asyncio.get_running_loop())
+        if wants_progress:
+            job.kwargs = {**kwargs, "progress_callback": _WANTS_PROGRESS}
+        self._post(_SUBMIT, job)
+        try:
+            return await job.done
+        except asyncio.CancelledError:
+            # The task was cancelled, timed out or the worker stops: stop the
+            # remote body too (or never submit it), then let the worker see it.
+            job.cancelled = True
+            self._post(_CANCEL, job)
+            raise
+
+    def _post(self, kind: int, job: _Job) -> None:
+        """Hand ``job`` to the client loop; one wake-up per burst (any thread)."""
+        loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop
+        if kind == _SUBMIT and not loop.is_running():
+            raise RuntimeError(
+                "the event loop of the distributed.Client is not running (an asynchronous "
+                "Client must be made on the loop the worker runs on)")
+        self._inbox.append((kind, job))
+        if self._inbox_scheduled:
+            return
+        self._inbox_scheduled = True
+        if _running_loop() is loop:
+            loop.call_soon(self._drain)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._drain)
+
+    # ------------------------------------------------------- client-loop side
+    def _drain(self) -> None:
+        self._inbox_scheduled = False  # before popping: a racing _post schedules again
+        inbox = self._inbox
+        client = self._client_ref()
+        while inbox:
+            kind, job = inbox.popleft()
+            if kind == _SUBMIT:
+                if not job.cancelled:
+                    self._submit(client, job)
+            elif job.future is not None:
+                self._cancel_future(client, job)
+
+    def _submit(self, client: Any, job: _Job) -> None:
+        if client is None:
+            self._settle(job, False, RuntimeError("the distributed.Client was garbage-collected"))
+            return
+        if not self._subscribed:
+            client.subscribe_topic(self._topic, self._on_event)
+            self._subscribed = True
+        func, args, kwargs = job.func, job.args, job.kwargs
+        job.func, job.args, job.kwargs = None, (), {}  # the future holds them now
+        try:
+            job.future = client.submit(
+                _remote_call, job.task_id, job.key, self._topic, func, args, kwargs,
+                key=job.key, pure=False)
+        except Exception as exc:
+            self._settle(job, False, _submit_error(exc))
+            return
+        self._jobs[job.key] = job
+        task = asyncio.get_running_loop().create_task(self._watch(client, job))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    def _cancel_future(self, client: Any, job: _Job) -> None:
+        fut = job.future
+        job.future = None
+        self._jobs.pop(job.key, None)
+        if client is None or fut.done():
+            return
+        task = asyncio.get_running_loop().create_task(
+            client.cancel([fut], asynchronous=True, reason="task_worker: the task was cancelled"))
+        self._watchers.add(task)
+        task.add_done_callback(_quiet_done)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, client: Any, job: _Job) -> None:
+        fut = job.future
+        # Wait for the key to finish, err or be cancelled, without fetching data.
+        await fut.exception(asynchronous=True)
+        if job.cancelled or job.future is None:
+            return  # we cancelled it; run() already raised
+        status = fut.status
+        if status == "finished":
+            self._ready.append(job)
+            if not self._gathering:
+                self._gathering = True
+                task = asyncio.get_running_loop().create_task(self._gather(client))
+                self._watchers.add(task)
+                task.add_done_callback(self._watchers.discard)
+            return
+        self._jobs.pop(job.key, None)
+        job.future = None
+        if status == "cancelled" or fut.cancelled():
+            reason = getattr(fut._state.exception, "reason", None) if fut._state else None
+            self._settle(job, False, RuntimeError(
+                f"the Dask future {job.key!r} was cancelled outside task_worker"
+                f"{f' ({reason})' if reason else ''}; the task cannot finish"))
+            return
+        try:
+            await client.gather([fut], asynchronous=True)  # raises the remote error
+        except Exception as exc:
+            self._settle(job, False, _remote_only(exc))
+        else:  # pragma: no cover - an erred future always raises
+            self._settle(job, False, RuntimeError(f"Dask future {job.key!r} ended {status!r}"))
+
+    async def _gather(self, client: Any) -> None:
+        try:
+            while self._ready:
+                batch, self._ready = self._ready, []
+                batch = [j for j in batch if j.future is not None]
+                if not batch:
+                    continue
+                futures = [j.future for j in batch]
+                try:
+                    results = await client.gather(futures, asynchronous=True)
+                except Exception:
+                    results = None
+                for i, job in enumerate(batch):
+                    if job.future is None:
+                        continue  # cancelled meanwhile
+                    if results is not None:
+                        ok, value = True, results[i]
+                    else:
+                        try:
+                            ok, value = True, (await client.gather([job.future], asynchronous=True))[0]
+                        except Exception as exc:
+                            ok, value = False, exc
+                    self._jobs.pop(job.key, None)
+                    job.future = None  # releases the key on the cluster
+                    self._settle(job, ok, value)
+        finally:
+            self._gathering = False
+
+    def _settle(self, job: _Job, ok: bool, value: Any) -> None:
+        """Resolve ``job.done`` on its worker loop (batched per loop turn)."""
+        loop = job.loop
+        if _running_loop() is loop:
+            _resolve(job, ok, value)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(_resolve, job, ok, value)
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        """A progress message arrived (client loop): keep the latest per task."""
+        try:
+            key, fraction = event[1]
+        except (TypeError, ValueError):
+            return
+        job = self._jobs.get(key)
+        if job is None:
+            return
+        self._progress[key] = (job, fraction)
+        if not self._progress_scheduled:
+            self._progress_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self._progress_scheduled = False
+        pending, self._progress = self._progress, {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, float]]] = {}
+        for job, fraction in pending.values():
+            by_loop.setdefault(job.loop, []).append((job, fraction))
+        here = _running_loop()
+        for loop, items in by_loop.items():
+            if loop is here:
+                _apply_progress(items)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_apply_progress, items)
+
+
+def _submit_error(exc: Exception) -> Exception:
+    """A clear error for a task Dask refused to take (usually: it cannot be pickled)."""
+    root: BaseException = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    kind = TypeError if isinstance(root, (TypeError, pickle.PicklingError)) else RuntimeError
+    err = kind(f"could not send the task to the Dask cluster: {type(root).__name__}: {root}")
+    err.__cause__ = exc
+    return err
+
+
+def _remote_only(exc: BaseException) -> BaseException:
+    """Drop the client's own frames (``gather`` re-raising) from a remote error's traceback."""
+    import distributed
+
+    local = (os.path.dirname(os.path.abspath(distributed.__file__)) + os.sep, _THIS_FILE)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(local):
+        tb = tb.tb_next
+    return exc.with_traceback(tb)
+
+
+def _resolve(job: _Job, ok: bool, value: Any) -> None:
+    done = job.done
+    if done.done():
+        return
+    if ok:
+        done.set_result(value)
+    else:
+        done.set_exception(value)
+
+
+def _apply_progress(items: list[tuple[_Job, float]]) -> None:
+    for job, fraction in items:
+        if job.done.done() or job.cancelled:
+            continue
+        try:
+            job.report(check_fraction(fraction))
+        except (asyncio.CancelledError, TypeError, ValueError):
+            pass  # the task is being cancelled (its run() raises), or a bogus value
+
+
+def _quiet_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed cancel is not worth a log line
+
+
+# ---------------------------------------------------------------- remote side
+class _WantsProgress:
+    """Placeholder sent in kwargs: replaced on the Dask worker by a progress callback."""
+
+    def __reduce__(self) -> str:
+        return "_WANTS_PROGRESS"
+
+
+_WANTS_PROGRESS = _WantsProgress()
+
+
+class _RemoteReporter:
+    """Stands in for the task's record on a Dask worker.
+
+    ``report_progress`` calls ``current_record.get().owner._report(rec, x)``;
+    ``current_task_id`` reads ``.id``. Sends are rate-limited to one per
+    ``PROGRESS_INTERVAL`` with a trailing send of the latest value.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_key",
+        "_lock",
+        "_next_at",
+        "_sent",
+        "_timer",
+        "_topic",
+        "_value",
+        "_worker",
+        "id",
+        "owner",
+    )
+
+    def __init__(self, task_id: str | None, worker: Any, key: str, topic: str) -> None:
+        self.id = task_id
+        self.owner = self
+        self._worker = worker
+        self._key = key
+        self._topic = topic
+        self._lock = threading.Lock()
+        self._value: float | None = None
+        self._sent: float | None = None
+        self._next_at = 0.0
+        self._timer = False
+        self._closed = False
+
+    def cancelled(self) -> bool:
+        """Whether the Dask worker no longer wants this key (cancelled, released)."""
+        try:
+            ts = self._worker.state.tasks.get(self._key)
+        except AttributeError:  # pragma: no cover - a future distributed without WorkerState
+            return False
+        return ts is None or ts.state not in _ALIVE_STATES
+
+    def _report(self, rec: object, fraction: float) -> None:
+        if self.cancelled():
+            raise asyncio.CancelledError(f"task {self.id!r} was cancelled")
+        now = time.monotonic()
+        with self._lock:
+            self._value = fraction
+            if now >= self._next_at:
+                self._next_at = now + PROGRESS_INTERVAL
+                send = True
+            else:
+                send = False
+                if not self._timer:
+                    self._timer = True
+                    loop = self._worker.loop.asyncio_loop
+                    loop.call_soon_threadsafe(loop.call_later, self._next_at - now, self._flush)
+        if send:
+            self._send(fraction)
+
+    def progress_callback(self, fraction: float) -> None:
+        """The ``progress_callback`` argument given to functions that declare one."""
+        self._report(self, check_fraction(fraction))
+
+    def _flush(self) -> None:  # on the Dask worker's loop
+        with self._lock:
+            self._timer = False
+            value = self._value
+            if self._closed or value is None or value == self._sent:
+                return
+            self._next_at = time.monotonic() + PROGRESS_INTERVAL
+        self._send(value)
+
+    def _send(self, fraction: float) -> None:
+        self._sent = fraction
+        self._worker.log_event(self._topic, [self._key, fraction])
+
+    def close(self) -> None:
+        """The body returned: drop any trailing send."""
+        self._closed = True
+
+
+def _remote_call(
+    task_id: str | None, key: str, topic: str, func: Callable[..., Any],
+    args: tuple[Any, ...], kwargs: dict[str, Any],
+) -> Any:
+    """Runs on the Dask worker: the task body with ``report_progress`` wired up."""
+    from distributed import get_worker
+
+    reporter = _RemoteReporter(task_id, get_worker(), key, topic)
+    try:
+        # A fresh context: the Dask worker thread's own context is reused by other keys.
+        return contextvars.copy_context().run(_call, reporter, func, args, kwargs)
+    finally:
+        reporter.close()
+
+
+def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, ...],
+          kwargs: dict[str, Any]) -> Any:
+    current_record.set(reporter)  # type: ignore[arg-type]
+    if kwargs.get("progress_callback") is _WANTS_PROGRESS:
+        kwargs = {**kwargs, "progress_callback": reporter.progress_callback}
+    result = func(*args, **kwargs)
+    if inspect.isawaitable(result):
+        # A coroutine function (or a function returning an awaitable): run it to
+        # completion on a private loop in this Dask worker thread, so CPU-bound
+        # async code never blocks the Dask worker's own event loop.
+        result = asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+__all__ = ["DaskExecutor", "PROGRESS_INTERVAL"]
