@@ -76,6 +76,28 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+_declares: dict[Any, bool] = {}
+
+
+def _declares_progress_callback(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` has a ``progress_callback`` parameter (cached, bounded)."""
+    try:
+        return _declares[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        found = "progress_callback" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        found = False
+    try:
+        if len(_declares) >= 4096:
+            _declares.clear()
+        _declares[func] = found
+    except TypeError:  # unhashable callable
+        pass
+    return found
+
+
 def _is_worker_progress_callback(value: object) -> bool:
     # The core injects its own ``progress_callback`` closure into kwargs when the
     # function declares that parameter; it cannot run on the cluster. See the
@@ -191,15 +213,13 @@ class DaskExecutor:
             raise RuntimeError(f"the distributed.Client is {client.status}; it cannot run tasks")
         rec = current_record.get()
         task_id = rec.id if rec is not None else None
-        if "progress_callback" in kwargs and _is_worker_progress_callback(kwargs["progress_callback"]):
-            kwargs = {k: v for k, v in kwargs.items() if k != "progress_callback"}
-            wants_progress = True
-        else:
-            wants_progress = False
+        given = kwargs.get("progress_callback", _WANTS_PROGRESS)
+        if given is _WANTS_PROGRESS or _is_worker_progress_callback(given):
+            # The function may declare ``progress_callback``: give it a remote one.
+            if _declares_progress_callback(func):
+                kwargs = {**kwargs, "progress_callback": _WANTS_PROGRESS}
         job = _Job(f"{_key_prefix(func)}-{uuid.uuid4().hex}", task_id, func, args,
                    kwargs, report, asyncio.get_running_loop())
-        if wants_progress:
-            job.kwargs = {**kwargs, "progress_callback": _WANTS_PROGRESS}
         self._post(_SUBMIT, job)
         try:
             return await job.done
