@@ -1,0 +1,431 @@
+"""%%task, %task and %tasks through a real IPython shell (IPython.testing.globalipapp).
+
+This shell is a terminal shell: its asyncio loop runs only while a cell awaits
+(or while ``finish`` below drives it). The extension is loaded inside each test
+body, not in a fixture: pytest re-installs its own sys.stdout between test
+phases, which would bypass the stream proxies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from IPython.core.async_helpers import get_asyncio_loop
+from IPython.core.error import UsageError
+from IPython.testing import globalipapp
+
+import task_worker
+from task_worker import _extension, _session
+from task_worker._magics import TaskMagics
+
+
+@pytest.fixture
+def ip() -> Iterator[Any]:
+    shell = globalipapp.get_ipython()  # rebound to the shell after the first call
+    shell.user_ns["task_worker"] = task_worker
+    shell.user_ns["asyncio"] = asyncio
+    shell.user_ns["threading"] = threading
+    yield shell
+    _extension.unload(shell)  # in case a test failed half-way
+
+
+@contextmanager
+def extension(ip: Any, *, widgets: bool = True) -> Iterator[TaskMagics]:
+    """Load the extension (with widget views and output routing unless told otherwise)."""
+    _extension.load(ip, widgets=widgets)
+    try:
+        yield ip.magics_manager.registry["TaskMagics"]
+    finally:
+        _extension.unload(ip)
+
+
+def finish(name: str) -> task_worker.TaskInfo:
+    """Run IPython's loop until the task ``name`` is done; return its final info."""
+    worker = task_worker.get_worker()
+    task_id = _session.resolve_task_id(name, worker)
+
+    async def done() -> task_worker.TaskInfo:
+        try:
+            await worker.wait(task_id)
+        except (Exception, asyncio.CancelledError):
+            pass
+        info = worker.get_task_info(task_id)
+        assert info is not None
+        return info
+
+    return get_asyncio_loop().run_until_complete(done())
+
+
+def run_until(event: threading.Event) -> None:
+    """Run IPython's loop until ``event`` (set by a task body) is set."""
+    assert get_asyncio_loop().run_until_complete(asyncio.to_thread(event.wait, 10))
+
+
+def outputs(magics: TaskMagics, name: str) -> tuple[dict[str, Any], ...]:
+    worker = task_worker.get_worker()
+    view = magics.views.get(worker, _session.resolve_task_id(name, worker))
+    assert view is not None
+    return tuple(view.output.outputs)
+
+
+def text_of(outs: tuple[dict[str, Any], ...]) -> str:
+    return "".join(o.get("text", "") for o in outs if o["output_type"] == "stream")
+
+
+# ------------------------------------------------------------------- running
+def test_cell_returns_before_body_runs_and_result_is_shown(ip: Any) -> None:
+    gate = ip.user_ns["gate"] = threading.Event()
+    with extension(ip) as m:
+        ip.run_cell_magic("task", "-n answer", "gate.wait()\nx = 41\nx + 1\n")
+        info = task_worker.get_worker().get_task_info("answer")
+        assert info is not None and not info.done  # the cell returned; the body waits
+        gate.set()
+        info = finish("answer")
+        assert info.status == "completed" and info.result == 42
+        assert ip.user_ns["x"] == 41
+        shown = [o for o in outputs(m, "answer") if o["output_type"] == "display_data"]
+        assert [o["data"]["text/plain"] for o in shown] == ["42"]
+
+
+def test_default_mode_thread_without_await_and_loop_with_await(ip: Any) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", "-n in_thread", "where_sync = threading.current_thread().name")
+        ip.run_cell_magic("task", "-n on_loop",
+                          "await asyncio.sleep(0)\nwhere_async = threading.current_thread().name")
+        assert finish("in_thread").metadata["mode"] == "thread"
+        assert finish("on_loop").metadata["mode"] == "async"
+    assert ip.user_ns["where_sync"].startswith("task_worker")
+    assert ip.user_ns["where_async"] == threading.main_thread().name
+
+
+def test_thread_and_async_options_force_the_mode(ip: Any) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", "-n forced_async --async", "where_a = threading.current_thread().name")
+        ip.run_cell_magic("task", "-n forced_thread --thread",
+                          "await asyncio.sleep(0)\nwhere_t = threading.current_thread().name\n'ok'")
+        assert finish("forced_async").metadata["mode"] == "async"
+        info = finish("forced_thread")
+        assert info.metadata["mode"] == "thread" and info.result == "ok"
+    assert ip.user_ns["where_a"] == threading.main_thread().name
+    assert ip.user_ns["where_t"].startswith("task_worker")
+
+
+def test_name_is_the_id_when_free_else_a_generated_id_with_that_name(ip: Any) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", "-n twice", "1")
+        ip.run_cell_magic("task", "-n twice", "2")
+        infos = task_worker.get_worker().get_all_tasks()
+        assert [i.name for i in infos] == ["twice", "twice"]
+        assert infos[1].id == "twice" and infos[0].id != "twice"
+        assert finish(infos[0].id).result == 2
+
+
+def test_priority_orders_the_queue(ip: Any) -> None:
+    ip.user_ns["order"] = []
+    with extension(ip):
+        ip.run_line_magic("task", "config max_workers=1")
+        for name, prio in (("low", 5), ("high", -1), ("mid", 0)):
+            ip.run_cell_magic("task", f"-n {name} -p {prio}", f"order.append({name!r})")
+        get_asyncio_loop().run_until_complete(task_worker.get_worker().join())
+    assert ip.user_ns["order"] == ["high", "mid", "low"]
+
+
+def test_timeout_option_fails_the_task_and_shows_timeout_error(ip: Any) -> None:
+    with extension(ip) as m:
+        ip.run_cell_magic("task", "-n slowpoke -t 0.2", "await asyncio.sleep(30)")
+        info = finish("slowpoke")
+        assert info.status == "failed" and isinstance(info.exception, TimeoutError)
+        (err,) = [o for o in outputs(m, "slowpoke") if o["output_type"] == "error"]
+        assert err["ename"] == "TimeoutError"
+
+
+def test_out_option_stores_result_only_on_success(ip: Any) -> None:
+    ip.user_ns.pop("stored", None)
+    ip.user_ns.pop("not_stored", None)
+    with extension(ip):
+        ip.run_cell_magic("task", "-n ok -o stored", "'value'")
+        ip.run_cell_magic("task", "-n bad -o not_stored", "1/0")
+        finish("ok")
+        finish("bad")
+    assert ip.user_ns["stored"] == "value"
+    assert "not_stored" not in ip.user_ns
+
+
+def test_trailing_semicolon_keeps_result_but_does_not_show_it(ip: Any) -> None:
+    with extension(ip) as m:
+        ip.run_cell_magic("task", "-n quiet", "5;")
+        assert finish("quiet").result == 5
+        assert outputs(m, "quiet") == ()
+
+
+def test_report_progress_in_the_body_moves_the_task(ip: Any) -> None:
+    reached = ip.user_ns["reached"] = threading.Event()
+    gate = ip.user_ns["gate"] = threading.Event()
+    with extension(ip):
+        ip.run_cell_magic("task", "-n halfway",
+                          "task_worker.report_progress(0.5)\nreached.set()\ngate.wait()")
+        run_until(reached)
+        info = task_worker.get_worker().get_task_info("halfway")
+        assert info is not None and info.progress == 0.5 and info.status == "running"
+        gate.set()
+        assert finish("halfway").progress == 1.0
+
+
+# -------------------------------------------------------------------- errors
+def test_syntax_error_is_raised_at_once_and_no_task_is_created(ip: Any) -> None:
+    with extension(ip):
+        with pytest.raises(SyntaxError):
+            ip.run_cell_magic("task", "-n broken", "x = (\n")
+        assert len(task_worker.get_worker()) == 0
+
+
+@pytest.mark.parametrize("line, cell", [
+    ("-p high", "1"),
+    ("--bogus", "1"),
+    ("-t -1", "1"),
+    ("-t nan", "1"),
+    ("--thread --async", "1"),
+    ("-o 1x", "1"),
+    ("-o class", "1"),
+    ("", "   \n"),
+])
+def test_bad_option_raises_usage_error_and_no_task_is_created(ip: Any, line: str, cell: str) -> None:
+    with extension(ip):
+        with pytest.raises(UsageError):
+            ip.run_cell_magic("task", line, cell)
+        assert len(task_worker.get_worker()) == 0
+
+
+def test_failure_shows_traceback_naming_the_cell_line(ip: Any) -> None:
+    with extension(ip) as m:
+        ip.run_cell_magic("task", "-n boom", "a = 1\nb = 0\na / b\n")
+        info = finish("boom")
+        assert info.status == "failed" and isinstance(info.exception, ZeroDivisionError)
+        (err,) = [o for o in outputs(m, "boom") if o["output_type"] == "error"]
+        text = "\n".join(err["traceback"])
+        assert "Cell In[" in text and "line 3" in text and "a / b" in text
+        assert "task_worker" not in text  # the worker's and the runner's frames are hidden
+        assert "a / b" in (info.traceback or "")
+
+
+# ----------------------------------------------------------- output routing
+def test_print_stderr_and_display_from_a_thread_body_go_to_the_task_area(
+        ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip) as m:
+        ip.run_cell_magic("task", "-n chatty", (
+            "import sys\n"
+            "from IPython.display import display\n"
+            "print('out from thread')\n"
+            "print('err from thread', file=sys.stderr)\n"
+            "display({'text/html': '<b>shown</b>', 'text/plain': 'shown'}, raw=True)\n"))
+        finish("chatty")
+        outs = outputs(m, "chatty")
+    assert {"output_type": "stream", "name": "stdout", "text": "out from thread\n"} in outs
+    assert {"output_type": "stream", "name": "stderr", "text": "err from thread\n"} in outs
+    assert any(o["output_type"] == "display_data" and o["data"].get("text/html") == "<b>shown</b>"
+               for o in outs)
+    captured = capsys.readouterr()
+    assert "from thread" not in captured.out + captured.err
+    assert "shown" not in captured.out
+
+
+def test_late_output_after_the_cell_finished_goes_to_the_task_area_only(
+        ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip) as m:
+        ip.run_cell("ev = asyncio.Event()")
+        ip.run_cell_magic("task", "-n late", "print('early')\nawait ev.wait()\nprint('late output')")
+        ip.run_cell("await asyncio.sleep(0)")  # the task starts and waits
+        ip.run_cell("print('another cell')")
+        ip.run_cell("ev.set()\nawait task_worker.wait('late')")
+        assert text_of(outputs(m, "late")) == "early\nlate output\n"
+    out = capsys.readouterr().out
+    assert "another cell" in out
+    assert "late output" not in out and "early" not in out
+
+
+# --------------------------------------------------------------- %task ...
+def test_task_cancel_by_name_stops_a_running_thread_body(ip: Any) -> None:
+    started = ip.user_ns["started"] = threading.Event()
+    with extension(ip):
+        ip.run_cell_magic("task", "-n spinner",
+                          "import time\nstarted.set()\nwhile True:\n    time.sleep(0.01)")
+        run_until(started)
+        ip.run_line_magic("task", "cancel spinner")
+        assert finish("spinner").status == "cancelled"
+
+
+def test_task_cancel_all_and_unknown_names(ip: Any) -> None:
+    with extension(ip):
+        for name in ("p1", "p2"):
+            ip.run_cell_magic("task", f"-n {name}", "1")
+        with pytest.raises(UsageError):
+            ip.run_line_magic("task", "cancel p1 nosuch")  # nothing is cancelled
+        worker = task_worker.get_worker()
+        assert all(i.status == "pending" for i in worker.get_all_tasks())
+        with pytest.raises(UsageError):
+            ip.run_line_magic("task", "cancel")
+        ip.run_line_magic("task", "cancel --all")
+        assert all(i.status == "cancelled" for i in worker.get_all_tasks())
+
+
+def test_task_list_prints_a_table(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", "-n listed", "1")
+        finish("listed")
+        ip.run_line_magic("task", "list")
+        out = capsys.readouterr().out
+        assert "listed" in out and "completed" in out and "STATUS" in out
+        ip.run_line_magic("task", "list -s pending")
+        assert "no tasks" in capsys.readouterr().out
+        with pytest.raises(UsageError):
+            ip.run_line_magic("task", "list -s nonsense")
+
+
+def test_task_result_returns_value_or_shows_traceback(
+        ip: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[Any] = []
+    monkeypatch.setattr(ip, "showtraceback", lambda exc_tuple=None, **kw: shown.append(exc_tuple))
+    with extension(ip):
+        ip.run_cell_magic("task", "-n good", "'fine'")
+        ip.run_cell_magic("task", "-n broken", "x = 1\n1 / 0")
+        finish("good")
+        finish("broken")
+        assert ip.run_line_magic("task", "result good") == "fine"
+        assert ip.run_line_magic("task", "result broken") is None
+        ((etype, exc, tb),) = shown
+        assert etype is ZeroDivisionError and isinstance(exc, ZeroDivisionError)
+        assert tb.tb_frame.f_code.co_filename.startswith(("<ipython-input", "/"))
+        assert tb.tb_lineno == 2  # the cell's own frame comes first
+        ip.run_cell_magic("task", "-n waiting", "1")
+        ip.run_line_magic("task", "result waiting")
+        assert "pending" in capsys.readouterr().out
+        with pytest.raises(UsageError):
+            ip.run_line_magic("task", "result nosuch")
+
+
+def test_task_config_sets_worker_options_or_changes_nothing(
+        ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip):
+        worker = task_worker.get_worker()
+        ip.run_line_magic("task", "config max_workers=3 timeout=2.5")
+        assert (worker.max_workers, worker.task_timeout) == (3, 2.5)
+        for bad in ("max_workers=5 timeout=-1", "max_workers=0", "speed=9", "max_workers", "timeout=x"):
+            with pytest.raises(UsageError):
+                ip.run_line_magic("task", f"config {bad}")
+        assert (worker.max_workers, worker.task_timeout) == (3, 2.5)
+        ip.run_line_magic("task", "config timeout=none")
+        assert worker.task_timeout is None
+        assert "max_workers=3 timeout=none" in capsys.readouterr().out
+
+
+def test_help_is_printed_and_creates_no_task(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip):
+        ip.run_line_magic("task", "-h")
+        assert "cancel" in capsys.readouterr().out
+        ip.run_line_magic("task", "cancel -h")
+        assert "--all" in capsys.readouterr().out
+        ip.run_cell_magic("task", "-h", "print('never')")
+        out = capsys.readouterr().out
+        assert "--priority" in out and "--timeout" in out and "%%task" in out
+        assert len(task_worker.get_worker()) == 0
+        with pytest.raises(UsageError):
+            ip.run_line_magic("task", "frobnicate")
+
+
+def test_tasks_shows_the_dashboard_or_a_text_table(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip) as m:
+        # In a cell that awaits, as the loop runs during kernel cells.
+        ip.run_cell("await asyncio.sleep(0)\n%tasks").raise_error()
+        assert len(m.dashboards) == 1
+        assert type(m.dashboards[0]).__name__ == "TaskDashboard"
+        dashboard = m.dashboards[0]
+    assert dashboard.closed  # unload closed it
+    with extension(ip, widgets=False):
+        ip.run_cell_magic("task", "-n plain", "1")
+        capsys.readouterr()
+        ip.run_line_magic("tasks", "")
+        assert "plain" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- load, unload, env
+def test_unload_restores_streams_display_pub_magics_and_events(ip: Any) -> None:
+    stdout, stderr = sys.stdout, sys.stderr
+    pub_attrs = dict(vars(ip.display_pub))
+    callbacks = {k: list(v) for k, v in ip.events.callbacks.items()}
+    line_magics = set(ip.magics_manager.magics["line"])
+    cell_magics = set(ip.magics_manager.magics["cell"])
+    registry = set(ip.magics_manager.registry)
+    with extension(ip) as m:
+        assert sys.stdout is not stdout and "publish" in vars(ip.display_pub)
+        ip.run_cell_magic("task", "-n viewed", "1")
+        worker = task_worker.get_worker()
+        view = m.views.get(worker, "viewed")
+        assert view is not None
+    assert sys.stdout is stdout and sys.stderr is stderr
+    assert dict(vars(ip.display_pub)) == pub_attrs
+    assert {k: list(v) for k, v in ip.events.callbacks.items()} == callbacks
+    assert set(ip.magics_manager.magics["line"]) == line_magics
+    assert set(ip.magics_manager.magics["cell"]) == cell_magics
+    assert set(ip.magics_manager.registry) == registry
+    assert view.closed and view.output.comm is None and view.dashboard.closed
+    assert not worker.running and _session.peek_worker() is None
+
+
+def test_reload_ext_gives_a_fresh_working_extension(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("load_ext", "task_worker")
+    try:
+        first = task_worker.get_worker()
+        ip.run_line_magic("reload_ext", "task_worker")
+        assert not first.running
+        ip.run_cell_magic("task", "-n after_reload", "'again'")
+        assert finish("after_reload").result == "again"
+        assert "after_reload" in capsys.readouterr().out  # terminal mode: a line, no widget
+    finally:
+        ip.run_line_magic("unload_ext", "task_worker")
+    assert "task" not in ip.magics_manager.magics["cell"]
+
+
+def test_terminal_without_gui_asyncio_explains_once(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip, widgets=False):
+        ip.run_cell_magic("task", "-n t1", "1")
+        ip.run_cell_magic("task", "-n t2", "1")
+    assert capsys.readouterr().err.count("%gui asyncio") == 1
+
+
+def test_terminal_with_gui_asyncio_says_nothing(
+        ip: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ip, "active_eventloop", "asyncio", raising=False)
+    with extension(ip, widgets=False):
+        ip.run_cell_magic("task", "-n t1", "1")
+    assert "%gui asyncio" not in capsys.readouterr().err
+
+
+def test_nest_asyncio_is_detected_and_warned_about_once(ip: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(get_asyncio_loop(), "_nest_patched", True, raising=False)
+    with pytest.warns(_extension.NestAsyncioWarning, match="nest_asyncio"):
+        _extension.load(ip, widgets=False)
+    try:
+        ip.run_cell_magic("task", "-n still_runs", "'yes'")  # no second warning (warnings are errors)
+        assert finish("still_runs").result == "yes"
+    finally:
+        _extension.unload(ip)
+
+
+def test_nest_asyncio_detection_also_sees_the_pure_python_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not _extension.nest_asyncio_applied()
+    monkeypatch.setattr(asyncio, "Task", asyncio.tasks._PyTask)  # type: ignore[attr-defined]
+    assert _extension.nest_asyncio_applied()
+
+
+def test_import_task_worker_does_not_import_ipython() -> None:
+    import subprocess
+
+    code = "import sys, task_worker; print('IPython' in sys.modules, 'ipywidgets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
