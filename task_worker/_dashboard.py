@@ -488,7 +488,19 @@ def _build_widget_class() -> type[Any]:
                     for task_id in remove:
                         del rows[task_id]
             else:
-                infos = [info for task_id, info in dirty.items() if task_id in rows]
+                infos = []
+                for task_id, info in dirty.items():
+                    old = rows.get(task_id)
+                    if old is None:
+                        continue
+                    if old["status"] != info[2].value:
+                        infos.append(info)
+                        continue
+                    # Progress of a row otherwise unchanged: no need to rebuild it.
+                    pct = round(info[4] * 1000) / 10
+                    if pct != old["progress"]:
+                        old["progress"] = pct
+                        progress.append([task_id, pct])
             for info in infos:
                 new = make_row(info)
                 old = rows.get(info[0])
@@ -588,8 +600,16 @@ def _subscribe_weakly(dash: Any, worker: AsyncTaskWorker) -> Callable[[], None]:
     """
     ref = weakref.ref(dash)
     unsubscribe: Callable[[], None]
+    # Fast path for the common case, progress of a task not shown: the rows dict
+    # is mutated in place, never replaced, so it can be captured here.
+    shown: dict[str, Any] = dash._rows_state
+    single: str | None = dash._single
 
     def on_event(event: TaskEvent) -> None:
+        kind, info = event
+        if info is not None and (
+                info[0] != single if single is not None else kind is _PROGRESS and info[0] not in shown):
+            return
         target = ref()
         if target is None:
             unsubscribe()

@@ -31,7 +31,7 @@ STATIC = pathlib.Path(task_worker.__file__).parent / "static"
 
 
 # ------------------------------------------------------------------ harness
-class RecordingComm(comm.DummyComm):  # type: ignore[misc]
+class RecordingComm(comm.DummyComm):
     """A comm with no kernel that keeps (a JSON copy of) everything it publishes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

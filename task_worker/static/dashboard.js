@@ -296,6 +296,13 @@ class DashboardView {
 
   reorder() {
     const ordered = [...this.rows.values()].sort((a, b) => compareRows(a.row, b.row));
+    if (!this.body.firstChild) {
+      // First fill: one insertion into the live document.
+      const fragment = document.createDocumentFragment();
+      for (const view of ordered) fragment.appendChild(view.el);
+      this.body.appendChild(fragment);
+      return;
+    }
     // Move only the nodes that are out of place.
     let ref = this.body.firstChild;
     for (const view of ordered) {

@@ -1,0 +1,171 @@
+"""The dashboard in a real ipykernel (this venv's, 7.x), driven with jupyter_client.
+
+1,000 tasks report progress as fast as they can for 2 s while a dashboard is
+displayed: the dashboard's comm must carry at most about 10 messages per
+second, and no iopub message may be lost (the cell's output, its reply, its
+``idle``, and the dashboard's final state all arrive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client")
+pytest.importorskip("anywidget")
+pytest.importorskip("ipykernel")
+
+
+class DashKernel:
+    """A kernel plus a blocking client that keeps every iopub message it reads."""
+
+    def __init__(self, km: Any, kc: Any) -> None:
+        self.km, self.kc = km, kc
+        self.iopub: list[dict[str, Any]] = []
+
+    def run(self, code: str, timeout: float = 30) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Execute ``code``; return its execute_reply and the iopub messages read until
+        its ``idle`` (the reply and the idle must both arrive: nothing lost)."""
+        msg_id = self.kc.execute(code)
+        deadline = time.monotonic() + timeout
+        start = len(self.iopub)
+        idle = False
+        while not idle:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no idle for {code[:60]!r} within {timeout} s")
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.iopub.append(msg)
+            idle = (msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") == msg_id
+                    and msg["content"]["execution_state"] == "idle")
+        reply = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        assert reply["parent_header"]["msg_id"] == msg_id
+        if reply["content"]["status"] != "ok":
+            raise AssertionError("\n".join(reply["content"].get("traceback", [])))
+        return reply, self.iopub[start:]
+
+    def drain(self, seconds: float) -> None:
+        """Read iopub for ``seconds`` more (late widget messages)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                self.iopub.append(self.kc.get_iopub_msg(timeout=remaining))
+            except queue.Empty:
+                pass
+
+
+@pytest.fixture
+def dash_kernel(tmp_path: Any) -> Iterator[DashKernel]:
+    """A fresh kernel on this venv's python, isolated from the user's IPython profile."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec_dir = tmp_path / "kernels" / "tw-dash"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "task_worker dashboard test", "language": "python",
+    }))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")], ensure_native_kernel=False)
+    km = KernelManager(kernel_name="tw-dash", kernel_spec_manager=ksm)
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython"), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=30)
+        yield DashKernel(km, kc)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+SETUP = """
+import asyncio, time
+from task_worker import AsyncTaskWorker, report_progress
+
+w = AsyncTaskWorker(max_workers=1000)
+await w.start()
+dash = w.dashboard()
+display(dash)
+
+async def spin(seconds):
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while (t := loop.time() - start) < seconds:
+        report_progress(t / seconds)
+        await asyncio.sleep(0)
+"""
+
+START = """
+t0 = time.perf_counter()
+for _ in range(1000):
+    w.add_task_nowait(spin, 2.0)
+"""
+
+JOIN = """
+await w.join()
+print("joined after", round(time.perf_counter() - t0, 2), "s")
+"""
+
+
+def _apply(rows: dict[str, dict[str, Any]], content: dict[str, Any]) -> None:
+    if content["type"] == "snapshot":
+        rows.clear()
+        rows.update({r["id"]: r for r in content["rows"]})
+        return
+    for task_id in content.get("remove", []):
+        rows.pop(task_id, None)
+    for row in content.get("upsert", []):
+        rows[row["id"]] = row
+    for task_id, pct in content.get("progress", []):
+        rows[task_id]["progress"] = pct
+
+
+@pytest.mark.timeout(60)
+def test_thousand_tasks_progressing_flat_out_send_few_messages_and_lose_nothing(
+        dash_kernel: DashKernel) -> None:
+    _, setup_io = dash_kernel.run(SETUP)
+    views = [m["content"]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+             for m in setup_io if m["msg_type"] == "display_data"]
+    assert len(views) == 1
+    model_id = views[0]
+    opened = [m for m in setup_io
+              if m["msg_type"] == "comm_open" and m["content"]["comm_id"] == model_id]
+    rows = dict(opened[0]["content"]["data"]["state"]["_rows"])
+
+    start = len(dash_kernel.iopub)
+    t0 = time.monotonic()
+    dash_kernel.run(START)
+    _, join_io = dash_kernel.run(JOIN)
+    wall = time.monotonic() - t0
+    dash_kernel.drain(0.5)  # the last flush comes up to 0.1 s after the last change
+
+    stdout = "".join(m["content"]["text"] for m in join_io if m["msg_type"] == "stream")
+    assert stdout.startswith("joined after"), stdout
+    ours = [m for m in dash_kernel.iopub[start:]
+            if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
+    patches = [m["content"]["data"]["content"] for m in ours
+               if m["content"]["data"]["method"] == "custom"]
+    assert len(patches) == len(ours)  # rows travel as patches, never as trait updates
+    print(f"{len(patches)} dashboard messages in {wall:.2f} s ({stdout.strip()})")
+    assert 5 <= len(patches) <= 10 * wall + 3
+    every = [m["content"]["data"]["content"] for m in dash_kernel.iopub
+             if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
+    assert [p["seq"] for p in every] == list(range(1, len(every) + 1))  # none lost
+    for content in every:
+        _apply(rows, content)
+    header = next(p["header"] for p in reversed(patches) if "header" in p)
+    assert header["counts"]["completed"] == 1000 and header["busy"] == 0
+    assert len(rows) == 200 and {r["status"] for r in rows.values()} == {"completed"}
+    assert {r["progress"] for r in rows.values()} == {100.0}
