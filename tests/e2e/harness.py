@@ -63,6 +63,8 @@ KNOWN_UPSTREAM_ERRORS = [
     ),
 ]
 
+_TWO_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+
 _LOCAL_SCHEMES = ("data", "blob", "about", "chrome", "chrome-extension", "devtools")
 
 
@@ -243,6 +245,9 @@ class Browser:
                 target.scroll_into_view_if_needed(timeout=5000)
             except Exception:  # a screenshot must never be what fails a test
                 pass
+            # Cells scrolled into view are painted lazily (content-visibility): let a few frames pass.
+            self.page.evaluate(_TWO_FRAMES_JS)
+            self.page.wait_for_timeout(300)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{self.shot_prefix}-{len(self.shots):02d}-{state}.png"
         self.page.screenshot(path=str(path))
