@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from ._threads import ThreadRun
     from ._worker import AsyncTaskWorker
 
+SEQ_BITS = 40
+SEQ_MASK = (1 << SEQ_BITS) - 1
+
 #: ``flags`` bits, fixed per task at ``add_task`` time.
 IS_ASYNC = 1
 WANTS_PROGRESS = 2
@@ -30,14 +33,14 @@ class TaskRecord:
     frozen ``TaskInfo`` instead and this object is left to the garbage collector."""
 
     __slots__ = (
-        "id", "name", "func", "args", "kwargs", "priority", "seq", "metadata", "timeout",
+        "id", "name", "func", "args", "kwargs", "key", "metadata", "timeout",
         "status", "progress", "created", "started", "ctx", "task", "owner", "flags",
         "cancel_reason", "thread", "waiter", "timer", "executor", "info",
     )
 
     def __init__(
         self, owner: AsyncTaskWorker, task_id: str, name: str, func: Callable[..., Any],
-        args: tuple[Any, ...], kwargs: dict[str, Any], priority: int, seq: int,
+        args: tuple[Any, ...], kwargs: dict[str, Any] | None, key: int,
         metadata: Mapping[str, Any], timeout: float | None, created: float,
         ctx: contextvars.Context, flags: int, executor: Any,
     ) -> None:
@@ -46,9 +49,9 @@ class TaskRecord:
         self.name = name
         self.func: Callable[..., Any] | None = func
         self.args = args
-        self.kwargs = kwargs
-        self.priority = priority
-        self.seq = seq
+        self.kwargs = kwargs  # None when empty: one dict less per queued task
+        #: ``priority << SEQ_BITS | seq``: one int orders the queue and encodes both.
+        self.key = key
         self.metadata = metadata
         self.timeout = timeout
         self.status = TaskStatus.PENDING
@@ -70,9 +73,10 @@ class TaskRecord:
         """A ``TaskInfo`` of the current state."""
         if self.info is not None:
             return self.info
+        key = self.key
         return TaskInfo._make((
-            self.id, self.name, self.status, self.priority, self.progress, None, None, None,
-            None, self.metadata, self.created, self.started, None, self.seq,
+            self.id, self.name, self.status, key >> SEQ_BITS, self.progress, None, None, None,
+            None, self.metadata, self.created, self.started, None, key & SEQ_MASK,
         ))
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import traceback as _tb
-import uuid
+import secrets
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +25,16 @@ from typing import Any, NamedTuple
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
 from ._info import TaskInfo
 from ._progress import current_record
-from ._record import CANCEL, IS_ASYNC, SHUTDOWN, TIMEOUT, WANTS_PROGRESS, TaskRecord
+from ._record import (
+    CANCEL,
+    IS_ASYNC,
+    SEQ_BITS,
+    SEQ_MASK,
+    SHUTDOWN,
+    TIMEOUT,
+    WANTS_PROGRESS,
+    TaskRecord,
+)
 from ._registry import resolve
 from ._status import TaskStatus
 from ._threads import ThreadInterrupted, ThreadRun
@@ -161,15 +170,18 @@ class AsyncTaskWorker:
         # Every known task, in creation order: a TaskRecord while active, its
         # frozen TaskInfo once finished.
         self._tasks: dict[str, TaskRecord | TaskInfo] = {}
-        self._heap: list[tuple[int, int, TaskRecord]] = []
+        self._heap: list[tuple[int, TaskRecord]] = []
         self._stale = 0  # heap entries whose task is no longer pending
         self._pending = 0
         self._running: dict[str, TaskRecord] = {}
-        self._finished: dict[TaskStatus, dict[str, TaskInfo]] = {s: {} for s in _TERMINAL}
-        self._finish_order: deque[str] = deque()
+        # Finished snapshots per terminal status, in the order they finished.
+        self._finished: dict[TaskStatus, deque[TaskInfo]] = {s: deque() for s in _TERMINAL}
+        self._n_finished = 0
         # Job tasks alive, each holding one worker slot.
         self._active: dict[asyncio.Task[None], TaskRecord] = {}
         self._seq = itertools.count()
+        # Generated ids: a per-worker random prefix and a counter ("3fa9-1b").
+        self._id_prefix = secrets.token_hex(2) + "-"
         self._dispatch_scheduled = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._hub = EventHub()
@@ -293,7 +305,7 @@ class AsyncTaskWorker:
         self._stopped = loop.create_future()
         self._emit_worker()
         try:
-            for _, _, rec in self._heap:
+            for _, rec in self._heap:
                 if rec.status is _PENDING:
                     self._finish(rec, _CANCELLED, error="cancelled: the worker stopped before it started")
             self._heap.clear()
@@ -367,9 +379,7 @@ class AsyncTaskWorker:
             KeyError: ``task_func`` names no registered task type.
             ValueError: ``task_id`` is taken, or ``timeout`` is not positive.
         """
-        return self.add_task_nowait(
-            task_func, *args, priority=priority, task_id=task_id, metadata=metadata,
-            timeout=timeout, executor=executor, **kwargs)
+        return self._add(task_func, args, kwargs, priority, task_id, metadata, timeout, executor)
 
     def add_task_nowait(
         self,
@@ -383,6 +393,13 @@ class AsyncTaskWorker:
         **kwargs: Any,
     ) -> str:
         """``add_task`` for synchronous callers on the loop's thread (callbacks, magics)."""
+        return self._add(task_func, args, kwargs, priority, task_id, metadata, timeout, executor)
+
+    def _add(
+        self, task_func: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
+        priority: int, task_id: str | None, metadata: Mapping[str, Any] | None,
+        timeout: float | None, executor: Any,
+    ) -> str:
         if inspect.iscoroutine(task_func):
             task_func.close()  # it will never run: no "never awaited" warning
             raise TypeError(
@@ -402,10 +419,11 @@ class AsyncTaskWorker:
         else:
             raise TypeError(f"metadata must be a mapping or None, got {metadata!r}")
         tasks = self._tasks
+        seq = next(self._seq)
         if task_id is None:
-            task_id = uuid.uuid4().hex[:16]
-            while task_id in tasks:
-                task_id = uuid.uuid4().hex[:16]
+            task_id = f"{self._id_prefix}{seq:x}"
+            while task_id in tasks:  # a caller chose an id of our form
+                task_id = f"{self._id_prefix}{next(self._seq):x}"
         elif type(task_id) is not str or not task_id:
             raise TypeError(f"task_id must be a non-empty str or None, got {task_id!r}")
         elif task_id in tasks:
@@ -417,11 +435,11 @@ class AsyncTaskWorker:
         if self._state != "running":
             self._raise_not_running()
         flags = _flags_for(func)
-        seq = next(self._seq)
-        rec = TaskRecord(self, task_id, name, func, args, kwargs, priority, seq, meta, timeout,
+        key = (priority << SEQ_BITS) | seq
+        rec = TaskRecord(self, task_id, name, func, args, kwargs or None, key, meta, timeout,
                          _now(), contextvars.copy_context(), flags, executor)
         tasks[task_id] = rec
-        heapq.heappush(self._heap, (priority, seq, rec))
+        heapq.heappush(self._heap, (key, rec))
         self._pending += 1
         if self._hub:
             self._hub.emit(TaskEvent(_ADDED, rec.snapshot()))
@@ -461,7 +479,7 @@ class AsyncTaskWorker:
         heap = self._heap
         active = self._active
         while heap and len(active) < self._max_workers:
-            rec = heapq.heappop(heap)[2]
+            rec = heapq.heappop(heap)[1]
             if rec.status is not _PENDING:
                 self._stale -= 1
                 continue
@@ -490,7 +508,7 @@ class AsyncTaskWorker:
         current_record.set(rec)
         func = rec.func
         assert func is not None
-        args, kwargs = rec.args, rec.kwargs
+        args, kwargs = rec.args, rec.kwargs or {}
         if rec.flags & WANTS_PROGRESS and "progress_callback" not in kwargs:
             kwargs = {**kwargs, "progress_callback": self._progress_callback(rec)}
         try:
@@ -649,45 +667,44 @@ class AsyncTaskWorker:
             if keep_traceback:
                 tb = _format_traceback(exc)
         progress = 1.0 if status is _COMPLETED else rec.progress
+        key = rec.key
         info = TaskInfo._make((
-            rec.id, rec.name, status, rec.priority, progress, result, error, exc, tb,
-            rec.metadata, rec.created, rec.started, _now(), rec.seq,
+            rec.id, rec.name, status, key >> SEQ_BITS, progress, result, error, exc, tb,
+            rec.metadata, rec.created, rec.started, _now(), key & SEQ_MASK,
         ))
         rec.info = info
         # Drop what the record no longer needs (arguments can be large).
         rec.func = None
         rec.args = ()
-        rec.kwargs = {}
+        rec.kwargs = None
         rec.ctx = None
-        task_id = rec.id
-        self._tasks[task_id] = info
-        self._finished[status][task_id] = info
-        self._finish_order.append(task_id)
+        self._tasks[rec.id] = info
+        self._finished[status].append(info)
+        self._n_finished += 1
         if rec.waiter is not None and not rec.waiter.done():
             rec.waiter.set_result(info)
         if self._hub:
             self._hub.emit(TaskEvent(_FINISHED, info))
-        if len(self._finish_order) > self._max_history:
+        if self._n_finished > self._max_history:
             self._trim_history()
         if self._idle_waiters and not self._pending and not self._running:
             self._wake_idle()
 
     def _compact_heap(self) -> None:
-        self._heap = [e for e in self._heap if e[2].status is _PENDING]
+        self._heap = [e for e in self._heap if e[1].status is _PENDING]
         heapq.heapify(self._heap)
         self._stale = 0
 
     def _trim_history(self) -> None:
-        order = self._finish_order
-        while len(order) > self._max_history:
-            self._drop(order.popleft())
+        queues = [q for q in self._finished.values()]
+        while self._n_finished > self._max_history:
+            # The oldest finished task is at the front of one of the three queues.
+            oldest = min((q for q in queues if q), key=lambda q: q[0][12])
+            self._drop(oldest.popleft())
 
-    def _drop(self, task_id: str) -> None:
-        info = self._tasks.get(task_id)
-        if type(info) is not TaskInfo:
-            return  # already cleared
-        del self._tasks[task_id]
-        del self._finished[info[2]][task_id]
+    def _drop(self, info: TaskInfo) -> None:
+        del self._tasks[info[0]]
+        self._n_finished -= 1
         if self._hub:
             self._hub.emit(TaskEvent(EventKind.REMOVED, info))
 
@@ -851,9 +868,9 @@ class AsyncTaskWorker:
 
     def get_queue(self, limit: int | None = None) -> list[TaskInfo]:
         """Pending tasks in the order they will start (cost O(n log limit))."""
-        live = (e for e in self._heap if e[2].status is _PENDING)
+        live = (e for e in self._heap if e[1].status is _PENDING)
         entries = sorted(live) if limit is None else heapq.nsmallest(limit, live)
-        return [e[2].snapshot() for e in entries]
+        return [e[1].snapshot() for e in entries]
 
     def get_running(self) -> list[TaskInfo]:
         """Running tasks, in the order they started."""
@@ -872,10 +889,10 @@ class AsyncTaskWorker:
 
     def _index_items(self, status: TaskStatus) -> Iterable[TaskInfo]:
         if status is _PENDING:
-            return [e[2].snapshot() for e in self._heap if e[2].status is _PENDING]
+            return [e[1].snapshot() for e in self._heap if e[1].status is _PENDING]
         if status is _RUNNING:
             return [r.snapshot() for r in self._running.values()]
-        return self._finished[status].values()
+        return self._finished[status]
 
     def clear(self, older_than: timedelta | None = None) -> int:
         """Drop finished tasks (those that finished more than ``older_than`` ago, if
@@ -889,17 +906,11 @@ class AsyncTaskWorker:
                 raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
             cutoff = _now() - older_than.total_seconds()
         dropped = 0
-        keep: deque[str] = deque()
-        for task_id in self._finish_order:
-            info = self._tasks.get(task_id)
-            if type(info) is not TaskInfo:
-                continue
-            if cutoff is not None and info[12] >= cutoff:
-                keep.append(task_id)
-                continue
-            self._drop(task_id)
-            dropped += 1
-        self._finish_order = keep
+        for queue in self._finished.values():
+            # Each queue is in finishing order: the ones to drop are at its front.
+            while queue and (cutoff is None or queue[0][12] < cutoff):
+                self._drop(queue.popleft())
+                dropped += 1
         return dropped
 
     # ------------------------------------------------------------------- views
