@@ -129,7 +129,7 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
         if started is None:
             return None
         end = self[12]
-        return (time.time() if end is None else end) - started
+        return float((time.time() if end is None else end) - started)
 
     @property
     def done(self) -> bool:

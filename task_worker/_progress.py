@@ -25,7 +25,7 @@ def check_fraction(fraction: Any) -> float:
         return 0.0
     if fraction > 1.0:
         return 1.0
-    return fraction
+    return fraction  # type: ignore[no-any-return]
 
 
 def report_progress(fraction: float) -> None:

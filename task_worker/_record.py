@@ -20,6 +20,8 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 #: ``flags`` bits, fixed per task at ``add_task`` time.
 IS_ASYNC = 1
 WANTS_PROGRESS = 2
+#: Set by the job's asyncio task at its first step.
+STEPPED = 4
 
 #: Why a running task was told to stop (``cancel_reason``).
 CANCEL = "cancel"
@@ -33,9 +35,28 @@ class TaskRecord:
     frozen ``TaskInfo`` instead and this object is left to the garbage collector."""
 
     __slots__ = (
-        "id", "name", "func", "args", "kwargs", "key", "metadata", "timeout",
-        "status", "progress", "created", "started", "ctx", "task", "owner", "flags",
-        "cancel_reason", "thread", "waiter", "timer", "executor", "info",
+        "args",
+        "cancel_reason",
+        "created",
+        "ctx",
+        "executor",
+        "flags",
+        "func",
+        "id",
+        "info",
+        "key",
+        "kwargs",
+        "metadata",
+        "name",
+        "owner",
+        "progress",
+        "started",
+        "status",
+        "task",
+        "thread",
+        "timeout",
+        "timer",
+        "waiter",
     )
 
     def __init__(

@@ -99,4 +99,4 @@ def resolve(task_func: object) -> tuple[Callable[..., Any], str]:
         name = getattr(task_func, "__name__", None)
         if name is None:
             name = type(task_func).__name__
-    return task_func, name  # type: ignore[return-value]
+    return task_func, name

@@ -10,16 +10,16 @@ import itertools
 import logging
 import math
 import os
+import secrets
 import sys
 import threading
 import time
 import traceback as _tb
-import secrets
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from types import MappingProxyType, TracebackType
+from types import CoroutineType, FunctionType, MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
@@ -31,10 +31,12 @@ from ._record import (
     SEQ_BITS,
     SEQ_MASK,
     SHUTDOWN,
+    STEPPED,
     TIMEOUT,
     WANTS_PROGRESS,
     TaskRecord,
 )
+from ._registry import _names as _registered_names
 from ._registry import resolve
 from ._status import TaskStatus
 from ._threads import ThreadInterrupted, ThreadRun
@@ -170,9 +172,11 @@ class AsyncTaskWorker:
         # Every known task, in creation order: a TaskRecord while active, its
         # frozen TaskInfo once finished.
         self._tasks: dict[str, TaskRecord | TaskInfo] = {}
-        self._heap: list[tuple[int, TaskRecord]] = []
-        self._stale = 0  # heap entries whose task is no longer pending
-        self._pending = 0
+        # The queue: a heap of keys (plain ints: cheap to compare, invisible to
+        # the garbage collector) and the pending records by key, in creation order.
+        self._heap: list[int] = []
+        self._queued: dict[int, TaskRecord] = {}
+        self._stale = 0  # heap keys whose task is no longer pending
         self._running: dict[str, TaskRecord] = {}
         # Finished snapshots per terminal status, in the order they finished.
         self._finished: dict[TaskStatus, deque[TaskInfo]] = {s: deque() for s in _TERMINAL}
@@ -231,7 +235,7 @@ class AsyncTaskWorker:
     def stats(self) -> WorkerStats:
         """Counts per status, busy slots and state, in O(1)."""
         counts = {
-            _PENDING: self._pending,
+            _PENDING: len(self._queued),
             _RUNNING: len(self._running),
             _COMPLETED: len(self._finished[_COMPLETED]),
             _FAILED: len(self._finished[_FAILED]),
@@ -292,7 +296,7 @@ class AsyncTaskWorker:
         ``timeout + cancel_grace`` seconds. Safe to call again; ``start()``
         works afterwards.
         """
-        timeout = _check_timeout(timeout, "timeout") if timeout else 0.0
+        timeout = (_check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
         if self._state in ("new", "stopped"):
             return
         if self._state == "stopping":
@@ -305,9 +309,8 @@ class AsyncTaskWorker:
         self._stopped = loop.create_future()
         self._emit_worker()
         try:
-            for _, rec in self._heap:
-                if rec.status is _PENDING:
-                    self._finish(rec, _CANCELLED, error="cancelled: the worker stopped before it started")
+            for rec in list(self._queued.values()):
+                self._finish(rec, _CANCELLED, error="cancelled: the worker stopped before it started")
             self._heap.clear()
             self._stale = 0
             if self._active and timeout:
@@ -323,8 +326,6 @@ class AsyncTaskWorker:
                 logger.warning(
                     "task_worker: %d task bodies ignored cancellation at stop(); they are abandoned",
                     len(self._active))
-                for t in self._active:
-                    t.remove_done_callback(self._on_job_done)
                 self._active.clear()
         finally:
             if self._threads is not None:
@@ -400,12 +401,20 @@ class AsyncTaskWorker:
         priority: int, task_id: str | None, metadata: Mapping[str, Any] | None,
         timeout: float | None, executor: Any,
     ) -> str:
-        if inspect.iscoroutine(task_func):
-            task_func.close()  # it will never run: no "never awaited" warning
-            raise TypeError(
-                "add_task() needs a coroutine *function*, not a coroutine object: "
-                "pass `func, *args` instead of `func(*args)`")
-        func, name = resolve(task_func)
+        if type(task_func) is FunctionType:  # the common case, kept cheap
+            func: Callable[..., Any] = task_func
+            name = _registered_names.get(func) or func.__name__
+            flags = _func_flags.get(func)
+            if flags is None:
+                flags = _flags_for(func)
+        else:
+            if isinstance(task_func, CoroutineType):
+                task_func.close()  # it will never run: no "never awaited" warning
+                raise TypeError(
+                    "add_task() needs a coroutine *function*, not a coroutine object: "
+                    "pass `func, *args` instead of `func(*args)`")
+            func, name = resolve(task_func)
+            flags = _flags_for(func)
         if type(priority) is not int:
             raise TypeError(f"priority must be an int, got {priority!r}")
         if timeout is None:
@@ -434,14 +443,13 @@ class AsyncTaskWorker:
             executor = self._executor_default
         if self._state != "running":
             self._raise_not_running()
-        flags = _flags_for(func)
         key = (priority << SEQ_BITS) | seq
         rec = TaskRecord(self, task_id, name, func, args, kwargs or None, key, meta, timeout,
                          _now(), contextvars.copy_context(), flags, executor)
         tasks[task_id] = rec
-        heapq.heappush(self._heap, (key, rec))
-        self._pending += 1
-        if self._hub:
+        self._queued[key] = rec
+        heapq.heappush(self._heap, key)
+        if self._hub._subscribers:
             self._hub.emit(TaskEvent(_ADDED, rec.snapshot()))
         if not self._dispatch_scheduled:
             self._schedule_dispatch()
@@ -470,17 +478,20 @@ class AsyncTaskWorker:
         # started in priority order, not in the order the first few arrived.
         self._dispatch_scheduled = True
         assert self._loop is not None
-        self._loop.call_soon(self._dispatch)
+        self._loop.call_soon(self._dispatch_soon)
+
+    def _dispatch_soon(self) -> None:
+        self._dispatch_scheduled = False
+        if self._state == "running":
+            self._dispatch()
 
     def _dispatch(self) -> None:
-        self._dispatch_scheduled = False
-        if self._state != "running":
-            return
         heap = self._heap
+        queued = self._queued
         active = self._active
         while heap and len(active) < self._max_workers:
-            rec = heapq.heappop(heap)[1]
-            if rec.status is not _PENDING:
+            rec = queued.pop(heapq.heappop(heap), None)
+            if rec is None:
                 self._stale -= 1
                 continue
             self._launch(rec)
@@ -488,7 +499,6 @@ class AsyncTaskWorker:
     def _launch(self, rec: TaskRecord) -> None:
         loop = self._loop
         assert loop is not None and rec.ctx is not None
-        self._pending -= 1
         rec.status = _RUNNING
         rec.started = _now()
         self._running[rec.id] = rec
@@ -498,43 +508,56 @@ class AsyncTaskWorker:
             task = rec.ctx.run(loop.create_task, self._run(rec))
         rec.task = task
         self._active[task] = rec
-        task.add_done_callback(self._on_job_done)
         if rec.timeout is not None:
             rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
-        if self._hub:
+        if self._hub._subscribers:
             self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
 
     async def _run(self, rec: TaskRecord) -> None:
-        current_record.set(rec)
-        func = rec.func
-        assert func is not None
-        args, kwargs = rec.args, rec.kwargs or {}
-        if rec.flags & WANTS_PROGRESS and "progress_callback" not in kwargs:
-            kwargs = {**kwargs, "progress_callback": self._progress_callback(rec)}
+        # The job's asyncio task. It releases its own slot (no done callback:
+        # one loop callback less per task). Only the worker cancels it, and
+        # never before this first step (see _interrupt), so the finally below
+        # always runs.
+        rec.flags |= STEPPED
         try:
-            if rec.executor is not None:
-                result = await rec.executor.run(func, args, kwargs, self._progress_callback(rec))
-            elif rec.flags & IS_ASYNC:
-                result = await func(*args, **kwargs)
-            else:
-                result = await self._run_in_thread(rec, func, args, kwargs)
-                if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                    result = await result
-        except (asyncio.CancelledError, ThreadInterrupted):
-            reason = rec.cancel_reason
-            self._finish_stopped(rec)
-            if reason is None:
-                raise  # not a cancellation we asked for: let it propagate
-        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit too: the task fails, the worker lives
-            if rec.cancel_reason is not None:
+            if rec.cancel_reason is not None:  # cancelled before its first step
                 self._finish_stopped(rec)
-            else:
-                self._finish(rec, _FAILED, exc=exc)
-        else:
-            if rec.cancel_reason is not None:
+                return
+            current_record.set(rec)
+            func = rec.func
+            assert func is not None
+            args, kwargs = rec.args, rec.kwargs
+            if rec.flags & WANTS_PROGRESS and not (kwargs and "progress_callback" in kwargs):
+                kwargs = {**(kwargs or {}), "progress_callback": self._progress_callback(rec)}
+            try:
+                if rec.executor is not None:
+                    result = await rec.executor.run(func, args, kwargs or {}, self._progress_callback(rec))
+                elif rec.flags & IS_ASYNC:
+                    result = await (func(*args, **kwargs) if kwargs else func(*args))
+                else:
+                    result = await self._run_in_thread(rec, func, args, kwargs or {})
+                    if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                        result = await result
+            except (asyncio.CancelledError, ThreadInterrupted):
+                reason = rec.cancel_reason
                 self._finish_stopped(rec)
+                if reason is None:
+                    raise  # not a cancellation we asked for: let it propagate
+            except BaseException as exc:
+                if rec.cancel_reason is not None:
+                    self._finish_stopped(rec)
+                else:
+                    self._finish(rec, _FAILED, exc=exc)
             else:
-                self._finish(rec, _COMPLETED, result=result)
+                if rec.cancel_reason is not None:
+                    self._finish_stopped(rec)
+                else:
+                    self._finish(rec, _COMPLETED, result=result)
+        finally:
+            # Release the slot and start the next task, in this same step.
+            if self._active.pop(rec.task, None) is not None and self._heap:  # type: ignore[arg-type]
+                if self._state == "running":
+                    self._dispatch()
 
     async def _run_in_thread(
         self, rec: TaskRecord, func: Callable[..., Any], args: tuple[Any, ...],
@@ -607,7 +630,8 @@ class AsyncTaskWorker:
     def _interrupt(self, rec: TaskRecord, reason: str, force_after: float | None) -> None:
         if rec.cancel_reason is None:
             rec.cancel_reason = reason
-        if rec.task is not None:
+        if rec.task is not None and rec.flags & STEPPED:
+            # Not before its first step: _run then sees cancel_reason itself.
             rec.task.cancel()
         if rec.thread is not None:
             rec.thread.interrupt()
@@ -630,18 +654,6 @@ class AsyncTaskWorker:
         else:
             self._finish(rec, _CANCELLED, error=f"cancelled from outside the worker{note}")
 
-    def _on_job_done(self, task: asyncio.Task[None]) -> None:
-        rec = self._active.pop(task, None)
-        if rec is not None and rec.info is None:
-            # Cancelled before its first step: _run never ran to record it.
-            self._finish_stopped(rec)
-        if not task.cancelled():
-            exc = task.exception()  # retrieve, so asyncio never logs it
-            if exc is not None:  # pragma: no cover - _run catches everything
-                logger.error("task_worker internal error", exc_info=exc)
-        if self._state == "running" and self._heap:
-            self._dispatch()
-
     def _finish(
         self, rec: TaskRecord, status: TaskStatus, *, result: Any = None,
         exc: BaseException | None = None, error: str | None = None, keep_traceback: bool = True,
@@ -651,7 +663,7 @@ class AsyncTaskWorker:
             return
         prev = rec.status
         if prev is _PENDING:
-            self._pending -= 1
+            del self._queued[rec.key]
             self._stale += 1
             if self._stale > 1024 and self._stale * 2 > len(self._heap):
                 self._compact_heap()
@@ -683,15 +695,16 @@ class AsyncTaskWorker:
         self._n_finished += 1
         if rec.waiter is not None and not rec.waiter.done():
             rec.waiter.set_result(info)
-        if self._hub:
+        if self._hub._subscribers:
             self._hub.emit(TaskEvent(_FINISHED, info))
         if self._n_finished > self._max_history:
             self._trim_history()
-        if self._idle_waiters and not self._pending and not self._running:
+        if self._idle_waiters and not self._queued and not self._running:
             self._wake_idle()
 
     def _compact_heap(self) -> None:
-        self._heap = [e for e in self._heap if e[1].status is _PENDING]
+        queued = self._queued
+        self._heap = [k for k in self._heap if k in queued]
         heapq.heapify(self._heap)
         self._stale = 0
 
@@ -705,7 +718,7 @@ class AsyncTaskWorker:
     def _drop(self, info: TaskInfo) -> None:
         del self._tasks[info[0]]
         self._n_finished -= 1
-        if self._hub:
+        if self._hub._subscribers:
             self._hub.emit(TaskEvent(EventKind.REMOVED, info))
 
     def _wake_idle(self) -> None:
@@ -715,7 +728,7 @@ class AsyncTaskWorker:
                 fut.set_result(None)
 
     def _emit_worker(self) -> None:
-        if self._hub:
+        if self._hub._subscribers:
             self._hub.emit(TaskEvent(EventKind.WORKER, None))
 
     # ------------------------------------------------------------- cancelling
@@ -804,7 +817,7 @@ class AsyncTaskWorker:
 
     async def join(self) -> None:
         """Return when no task is pending or running."""
-        if not self._pending and not self._running:
+        if not self._queued and not self._running:
             return
         assert self._loop is not None
         fut = self._loop.create_future()
@@ -815,9 +828,9 @@ class AsyncTaskWorker:
     def get_task_info(self, task_id: str) -> TaskInfo | None:
         """A snapshot of the task, or ``None`` for an unknown id."""
         item = self._tasks.get(task_id)
-        if item is None or type(item) is TaskInfo:
-            return item  # type: ignore[return-value]
-        return item.snapshot()  # type: ignore[union-attr]
+        if item is None or isinstance(item, TaskInfo):
+            return item
+        return item.snapshot()
 
     def get_all_tasks(
         self,
@@ -868,9 +881,9 @@ class AsyncTaskWorker:
 
     def get_queue(self, limit: int | None = None) -> list[TaskInfo]:
         """Pending tasks in the order they will start (cost O(n log limit))."""
-        live = (e for e in self._heap if e[1].status is _PENDING)
-        entries = sorted(live) if limit is None else heapq.nsmallest(limit, live)
-        return [e[1].snapshot() for e in entries]
+        queued = self._queued
+        keys = sorted(queued) if limit is None else heapq.nsmallest(limit, queued)
+        return [queued[k].snapshot() for k in keys]
 
     def get_running(self) -> list[TaskInfo]:
         """Running tasks, in the order they started."""
@@ -880,7 +893,7 @@ class AsyncTaskWorker:
         out = []
         for s in statuses:
             if s is _PENDING:
-                out.append(self._pending)
+                out.append(len(self._queued))
             elif s is _RUNNING:
                 out.append(len(self._running))
             else:
@@ -889,7 +902,7 @@ class AsyncTaskWorker:
 
     def _index_items(self, status: TaskStatus) -> Iterable[TaskInfo]:
         if status is _PENDING:
-            return [e[1].snapshot() for e in self._heap if e[1].status is _PENDING]
+            return [r.snapshot() for r in self._queued.values()]
         if status is _RUNNING:
             return [r.snapshot() for r in self._running.values()]
         return self._finished[status]
@@ -918,7 +931,8 @@ class AsyncTaskWorker:
         """A live ``TaskDashboard`` widget of this worker (needs ``task_worker[jupyter]``)."""
         from ._dashboard import TaskDashboard
 
-        return TaskDashboard(self, **options)
+        factory: Any = TaskDashboard
+        return factory(self, **options)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
         # display(worker) shows a live dashboard, with a text table as fallback.
@@ -947,9 +961,10 @@ def _newest(items: Iterable[TaskRecord | TaskInfo], limit: int | None,
             cutoff: float | None) -> list[TaskInfo]:
     out: list[TaskInfo] = []
     for item in items:
-        if cutoff is not None and (item.created if type(item) is TaskRecord else item[10]) >= cutoff:
+        info = item.snapshot() if isinstance(item, TaskRecord) else item
+        if cutoff is not None and info[10] >= cutoff:
             continue
-        out.append(item.snapshot() if type(item) is TaskRecord else item)  # type: ignore[union-attr,arg-type]
+        out.append(info)
         if limit is not None and len(out) >= limit:
             break
     return out

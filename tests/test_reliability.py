@@ -149,5 +149,7 @@ async def scenario(ops: list[tuple[object, ...]], max_workers: int) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, max_size=40), max_workers=st.sampled_from([1, 2, 3]))
-def test_random_operation_sequences_keep_every_invariant(ops: list[tuple[object, ...]], max_workers: int) -> None:
+def test_random_operation_sequences_keep_every_invariant(
+    ops: list[tuple[object, ...]], max_workers: int,
+) -> None:
     asyncio.run(scenario(ops, max_workers))

@@ -120,7 +120,7 @@ def test_bad_task_timeout_is_a_value_error(bad: float) -> None:
 async def test_bad_input_to_add_task_raises_and_changes_nothing(worker: AsyncTaskWorker) -> None:
     await worker.add_task(_noop, task_id="taken")
     before = len(worker)
-    with pytest.raises(TypeError, match="not callable|task function"):
+    with pytest.raises(TypeError, match=r"not callable|task function"):
         await worker.add_task(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="already exists"):
         await worker.add_task(_noop, task_id="taken")
