@@ -34,7 +34,7 @@ class ThreadInterrupted(BaseException):
 class ThreadRun:
     """One sync body in one worker thread: where it runs and whether it may be interrupted."""
 
-    __slots__ = ("_lock", "_ident", "_requested", "_injected", "done")
+    __slots__ = ("_ident", "_injected", "_lock", "_requested", "done")
 
     def __init__(self, done: asyncio.Future[tuple[bool, Any]]) -> None:
         self._lock = threading.Lock()
@@ -63,7 +63,7 @@ class ThreadRun:
                 with self._lock:
                     self._ident = 0
                     _clear_async_exc(threading.get_ident(), None)
-        except BaseException as exc:  # noqa: BLE001 - the outcome carries it to the loop
+        except BaseException as exc:
             outcome = (False, exc)
         try:
             loop.call_soon_threadsafe(_resolve, self.done, outcome)
