@@ -2,6 +2,7 @@
 ``client.submit`` + ``client.gather``, in the same run and on the same cluster.
 
     python benchmarks/bench_dask.py [--tasks 10000] [--max-workers 10000] [--rounds 2]
+                                    [--client async|sync]
 
 Prints the time of each way, per round, and the ratio of the best times
 (worker / plain; the target is at most 1.5).
@@ -28,7 +29,10 @@ async def plain(client: Client, n: int) -> float:
     """``client.submit`` each, then one ``gather``."""
     t0 = time.perf_counter()
     futures = [client.submit(inc, i, pure=False) for i in range(n)]
-    results = await client.gather(futures)
+    if client.asynchronous:
+        results = await client.gather(futures)
+    else:  # a synchronous client blocks: keep the loop free
+        results = await asyncio.to_thread(client.gather, futures)
     elapsed = time.perf_counter() - t0
     assert results == list(range(1, n + 1))
     return elapsed
@@ -36,6 +40,7 @@ async def plain(client: Client, n: int) -> float:
 
 async def through_worker(client: Client, n: int, max_workers: int) -> float:
     """``add_task`` each on a worker whose executor is the client, then ``join``."""
+    # DaskExecutor(client) is what ``executor=client`` turns into.
     async with AsyncTaskWorker(max_workers=max_workers, executor=DaskExecutor(client)) as worker:
         t0 = time.perf_counter()
         ids = [worker.add_task_nowait(inc, i) for i in range(n)]
@@ -46,12 +51,19 @@ async def through_worker(client: Client, n: int, max_workers: int) -> float:
     return elapsed
 
 
-async def main(n: int, max_workers: int, rounds: int) -> None:
+async def main(n: int, max_workers: int, rounds: int, kind: str) -> None:
     async with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                             dashboard_address=None, host="127.0.0.1",
+                            # the scheduler's HTTP server: a free port, not 8787
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                             asynchronous=True) as cluster:
-        async with Client(cluster, asynchronous=True) as client:
-            await client.gather(client.map(inc, range(100)))  # warm up both workers
+        if kind == "async":
+            client = await Client(cluster, asynchronous=True)
+        else:
+            client = await asyncio.to_thread(Client, cluster.scheduler_address)
+        try:
+            print(f"{n} tasks, {kind} client, max_workers={max_workers}")
+            await plain(client, 100)  # warm up both workers
             best_plain = best_worker = float("inf")
             for r in range(rounds):
                 tp = await plain(client, n)
@@ -62,6 +74,11 @@ async def main(n: int, max_workers: int, rounds: int) -> None:
             print(f"best of {rounds}: plain {best_plain:.2f} s ({n / best_plain:.0f} tasks/s), "
                   f"worker {best_worker:.2f} s ({n / best_worker:.0f} tasks/s), "
                   f"ratio {best_worker / best_plain:.2f} (target <= 1.5)")
+        finally:
+            if kind == "async":
+                await client.close()
+            else:
+                await asyncio.to_thread(client.close)
 
 
 if __name__ == "__main__":
@@ -69,5 +86,6 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--max-workers", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--client", choices=["async", "sync"], default="async")
     opts = parser.parse_args()
-    asyncio.run(main(opts.tasks, opts.max_workers, opts.rounds))
+    asyncio.run(main(opts.tasks, opts.max_workers, opts.rounds, opts.client))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 import os
 import pickle
 import threading
@@ -42,7 +43,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+from distributed import Client, WorkerPlugin, get_worker
+
 from ._progress import check_fraction, current_record
+from ._threads import ThreadInterrupted, _clear_async_exc, _set_async_exc
+
+logger = logging.getLogger("task_worker")
 
 #: Seconds between two progress messages of one remote task.
 PROGRESS_INTERVAL = 0.1
@@ -55,12 +61,6 @@ _ALIVE_STATES = frozenset({"executing", "long-running"})
 # Kinds of messages a worker loop sends to the client loop.
 _SUBMIT = 0
 _CANCEL = 1
-
-
-def _client_type() -> type:
-    from distributed import Client
-
-    return Client
 
 
 def _key_prefix(func: Callable[..., Any]) -> str:
@@ -153,7 +153,7 @@ class DaskExecutor:
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __new__(cls, client: Any) -> DaskExecutor:
-        if not isinstance(client, _client_type()):
+        if not isinstance(client, Client):
             raise TypeError(f"DaskExecutor needs a distributed.Client, got {client!r}")
         with cls._lock:
             self = cls._by_client.get(client)
@@ -169,6 +169,8 @@ class DaskExecutor:
         self._client_ref = weakref.ref(client)
         self._topic = f"task_worker-progress-{uuid.uuid4().hex}"
         self._subscribed = False
+        # None, then the registering future, then True (see _register_plugin).
+        self._plugin: asyncio.Future[None] | bool | None = None
         # Filled from any thread, drained on the client loop.
         self._inbox: deque[tuple[int, _Job]] = deque()
         self._inbox_scheduled = False
@@ -177,6 +179,7 @@ class DaskExecutor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._ready: list[_Job] = []
         self._gathering = False
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
         self._progress: dict[str, tuple[_Job, float]] = {}
         self._progress_scheduled = False
 
@@ -211,6 +214,8 @@ class DaskExecutor:
         client = self.client
         if client.status not in ("running", "connecting", "newly-created"):
             raise RuntimeError(f"the distributed.Client is {client.status}; it cannot run tasks")
+        if self._plugin is not True:
+            await self._register_plugin(client)
         rec = current_record.get()
         task_id = rec.id if rec is not None else None
         given = kwargs.get("progress_callback", _WANTS_PROGRESS)
@@ -229,6 +234,29 @@ class DaskExecutor:
             job.cancelled = True
             self._post(_CANCEL, job)
             raise
+
+    async def _register_plugin(self, client: Any) -> None:
+        """Install ``_CancelPlugin`` on the Dask workers, once per executor.
+
+        Best effort: without it, cancellation still reaches cooperative code
+        through ``report_progress``.
+        """
+        if self._plugin is None:
+            self._plugin = asyncio.ensure_future(self._do_register_plugin(client))
+        if isinstance(self._plugin, asyncio.Future) and self._plugin.get_loop() is _running_loop():
+            await asyncio.shield(self._plugin)
+
+    async def _do_register_plugin(self, client: Any) -> None:
+        try:
+            if client.asynchronous:
+                await client.register_plugin(_CancelPlugin(), name=_PLUGIN_NAME)
+            else:
+                await asyncio.to_thread(client.register_plugin, _CancelPlugin(), _PLUGIN_NAME)
+        except Exception:
+            logger.warning("task_worker: could not install the cancel plugin on the Dask "
+                           "workers; only bodies that call report_progress stop when cancelled",
+                           exc_info=True)
+        self._plugin = True
 
     def _post(self, kind: int, job: _Job) -> None:
         """Hand ``job`` to the client loop; one wake-up per burst (any thread)."""
@@ -286,13 +314,28 @@ class DaskExecutor:
         self._jobs.pop(job.key, None)
         if client is None or fut.done():
             return
-        task = asyncio.get_running_loop().create_task(
-            client.cancel([fut], asynchronous=True, reason="task_worker: the task was cancelled"))
+        self._spawn(client.cancel([fut], asynchronous=True), quiet=True)
+
+    def _spawn(self, coro: Any, quiet: bool = False) -> None:
+        """Run ``coro`` on the client loop, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._watchers.add(task)
-        task.add_done_callback(_quiet_done)
         task.add_done_callback(self._watchers.discard)
+        if quiet:
+            task.add_done_callback(_quiet_done)
 
     async def _watch(self, client: Any, job: _Job) -> None:
+        # Whatever happens here, the job is settled: run() must never hang.
+        try:
+            await self._watch_one(client, job)
+        except asyncio.CancelledError:
+            self._settle(job, False, RuntimeError(
+                "the distributed.Client's event loop stopped before the task finished"))
+            raise
+        except Exception as exc:  # pragma: no cover - a bug here, or in distributed
+            self._settle(job, False, exc)
+
+    async def _watch_one(self, client: Any, job: _Job) -> None:
         fut = job.future
         # Wait for the key to finish, err or be cancelled, without fetching data.
         await fut.exception(asynchronous=True)
@@ -303,14 +346,13 @@ class DaskExecutor:
             self._ready.append(job)
             if not self._gathering:
                 self._gathering = True
-                task = asyncio.get_running_loop().create_task(self._gather(client))
-                self._watchers.add(task)
-                task.add_done_callback(self._watchers.discard)
+                self._spawn(self._gather(client))
             return
         self._jobs.pop(job.key, None)
         job.future = None
         if status == "cancelled" or fut.cancelled():
-            reason = getattr(fut._state.exception, "reason", None) if fut._state else None
+            state = getattr(fut, "_state", None)
+            reason = getattr(getattr(state, "exception", None), "reason", None)
             self._settle(job, False, RuntimeError(
                 f"the Dask future {job.key!r} was cancelled outside task_worker"
                 f"{f' ({reason})' if reason else ''}; the task cannot finish"))
@@ -323,17 +365,17 @@ class DaskExecutor:
             self._settle(job, False, RuntimeError(f"Dask future {job.key!r} ended {status!r}"))
 
     async def _gather(self, client: Any) -> None:
+        # One gather at a time: futures finishing meanwhile form the next batch.
+        batch: list[_Job] = []
         try:
             while self._ready:
-                batch, self._ready = self._ready, []
-                batch = [j for j in batch if j.future is not None]
+                batch, self._ready = [j for j in self._ready if j.future is not None], []
                 if not batch:
                     continue
-                futures = [j.future for j in batch]
                 try:
-                    results = await client.gather(futures, asynchronous=True)
+                    results = await client.gather([j.future for j in batch], asynchronous=True)
                 except Exception:
-                    results = None
+                    results = None  # one bad key (lost, cancelled meanwhile): fetch each alone
                 for i, job in enumerate(batch):
                     if job.future is None:
                         continue  # cancelled meanwhile
@@ -343,20 +385,38 @@ class DaskExecutor:
                         try:
                             ok, value = True, (await client.gather([job.future], asynchronous=True))[0]
                         except Exception as exc:
-                            ok, value = False, exc
+                            ok, value = False, _remote_only(exc)
                     self._jobs.pop(job.key, None)
                     job.future = None  # releases the key on the cluster
                     self._settle(job, ok, value)
+                batch = []
+        except BaseException:
+            for job in batch + self._ready:
+                self._settle(job, False, RuntimeError(
+                    "the distributed.Client's event loop stopped before the task's result arrived"))
+            self._ready = []
+            raise
         finally:
             self._gathering = False
 
     def _settle(self, job: _Job, ok: bool, value: Any) -> None:
-        """Resolve ``job.done`` on its worker loop (batched per loop turn)."""
+        """Resolve ``job.done`` on its worker loop; one wake-up per loop per turn."""
         loop = job.loop
         if _running_loop() is loop:
             _resolve(job, ok, value)
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(_resolve, job, ok, value)
+            return
+        if loop.is_closed():
+            return
+        box = self._outbox.get(loop)
+        if box is None:
+            box = self._outbox[loop] = []
+            asyncio.get_running_loop().call_soon(self._flush_outbox, loop)
+        box.append((job, ok, value))
+
+    def _flush_outbox(self, loop: asyncio.AbstractEventLoop) -> None:
+        items = self._outbox.pop(loop, [])
+        if items and not loop.is_closed():
+            loop.call_soon_threadsafe(_resolve_many, items)
 
     def _on_event(self, event: tuple[float, Any]) -> None:
         """A progress message arrived (client loop): keep the latest per task."""
@@ -408,6 +468,11 @@ def _remote_only(exc: BaseException) -> BaseException:
     return exc.with_traceback(tb)
 
 
+def _resolve_many(items: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in items:
+        _resolve(job, ok, value)
+
+
 def _resolve(job: _Job, ok: bool, value: Any) -> None:
     done = job.done
     if done.done():
@@ -445,19 +510,28 @@ _WANTS_PROGRESS = _WantsProgress()
 
 
 class _RemoteReporter:
-    """Stands in for the task's record on a Dask worker.
+    """Stands in for the task's record on a Dask worker, and stops its body there.
 
     ``report_progress`` calls ``current_record.get().owner._report(rec, x)``;
     ``current_task_id`` reads ``.id``. Sends are rate-limited to one per
     ``PROGRESS_INTERVAL`` with a trailing send of the latest value.
+
+    ``interrupt()`` (called by ``_CancelPlugin`` when the Dask worker cancels
+    the key) stops a body that never reports: ``ThreadInterrupted`` is raised
+    in a sync body's thread (as the local worker does), an async body's task
+    is cancelled on its private loop.
     """
 
     __slots__ = (
         "_closed",
+        "_ident",
+        "_ilock",
+        "_interrupted",
         "_key",
         "_lock",
         "_next_at",
         "_sent",
+        "_task",
         "_timer",
         "_topic",
         "_value",
@@ -478,6 +552,11 @@ class _RemoteReporter:
         self._next_at = 0.0
         self._timer = False
         self._closed = False
+        # Interruption: the body's thread while it runs, its asyncio task if async.
+        self._ilock = threading.Lock()
+        self._ident = 0
+        self._task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        self._interrupted = False
 
     def cancelled(self) -> bool:
         """Whether the Dask worker no longer wants this key (cancelled, released)."""
@@ -522,9 +601,75 @@ class _RemoteReporter:
         self._sent = fraction
         self._worker.log_event(self._topic, [self._key, fraction])
 
-    def close(self) -> None:
-        """The body returned: drop any trailing send."""
+    # -- interruption
+    def attach(self) -> None:
+        """The body starts in this thread: make it interruptible."""
+        with self._ilock:
+            self._ident = threading.get_ident()
+        with _running_lock:
+            _running[self._key] = self
+
+    def detach(self) -> None:
+        """The body returned: no interruption may land any more; drop a trailing send."""
         self._closed = True
+        with _running_lock:
+            if _running.get(self._key) is self:
+                del _running[self._key]
+        with self._ilock:
+            if self._ident:
+                self._ident = 0
+                _clear_async_exc(threading.get_ident(), None)
+            self._task = None
+
+    def run_async(self, awaitable: Awaitable[Any]) -> Any:
+        """Run an async body to completion on a private loop in this thread."""
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(_await(awaitable))
+            with self._ilock:
+                self._task = (loop, task)
+                if self._interrupted:
+                    task.cancel()
+            return loop.run_until_complete(task)
+        finally:
+            with self._ilock:
+                self._task = None
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def interrupt(self) -> None:
+        """Stop the body (once): cancel its asyncio task, or raise ``ThreadInterrupted`` in it."""
+        with self._ilock:
+            if self._interrupted or not self._ident:
+                return
+            self._interrupted = True
+            if self._task is not None:
+                loop, task = self._task
+                loop.call_soon_threadsafe(task.cancel)
+            else:
+                _set_async_exc(self._ident, ThreadInterrupted)
+
+
+# Bodies running in this (Dask worker) process, by key: what _CancelPlugin stops.
+_running: dict[str, _RemoteReporter] = {}
+_running_lock = threading.Lock()
+
+_PLUGIN_NAME = "task_worker-cancel"
+
+
+class _CancelPlugin(WorkerPlugin):
+    """On each Dask worker: interrupt a task_worker body whose key gets cancelled."""
+
+    name = _PLUGIN_NAME
+    idempotent = True
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "cancelled" or (start in _ALIVE_STATES and finish in ("released", "forgotten")):
+            reporter = _running.get(key) if _running else None
+            if reporter is not None:
+                reporter.interrupt()
 
 
 def _remote_call(
@@ -532,14 +677,15 @@ def _remote_call(
     args: tuple[Any, ...], kwargs: dict[str, Any],
 ) -> Any:
     """Runs on the Dask worker: the task body with ``report_progress`` wired up."""
-    from distributed import get_worker
-
     reporter = _RemoteReporter(task_id, get_worker(), key, topic)
+    reporter.attach()
     try:
+        if reporter.cancelled():  # cancelled before it started
+            raise asyncio.CancelledError(f"task {task_id!r} was cancelled")
         # A fresh context: the Dask worker thread's own context is reused by other keys.
         return contextvars.copy_context().run(_call, reporter, func, args, kwargs)
     finally:
-        reporter.close()
+        reporter.detach()
 
 
 def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, ...],
@@ -549,10 +695,10 @@ def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, 
         kwargs = {**kwargs, "progress_callback": reporter.progress_callback}
     result = func(*args, **kwargs)
     if inspect.isawaitable(result):
-        # A coroutine function (or a function returning an awaitable): run it to
-        # completion on a private loop in this Dask worker thread, so CPU-bound
-        # async code never blocks the Dask worker's own event loop.
-        result = asyncio.run(_await(result))
+        # A coroutine function (or a function returning an awaitable): run it on a
+        # private loop in this Dask worker thread, so CPU-bound async code never
+        # blocks the Dask worker's own event loop.
+        result = reporter.run_async(result)
     return result
 
 

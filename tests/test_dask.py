@@ -8,11 +8,13 @@ only sleeps are simulated work inside remote loops.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +23,15 @@ from typing import Any
 
 import pytest
 
-from task_worker import AsyncTaskWorker, EventKind, TaskEvent, TaskStatus, current_task_id, report_progress
+from task_worker import (
+    AsyncTaskWorker,
+    EventKind,
+    TaskEvent,
+    TaskStatus,
+    ThreadInterrupted,
+    current_task_id,
+    report_progress,
+)
 
 try:
     import cloudpickle
@@ -44,6 +54,10 @@ pytestmark = pytest.mark.timeout(120)
 #: failure, never a normal path).
 PATIENCE = 60.0
 
+#: Even with dashboard_address=None the scheduler serves HTTP (/health, /metrics) on
+#: port 8787, or warns (an error under our pytest config) and picks another when it is taken.
+_NO_HTTP_PORT_8787 = {"dashboard_address": "127.0.0.1:0"}
+
 CORE_BUG_ADAPT = (
     "core bug: adapt_executor() returns a distributed.Client unchanged because the "
     "runtime-checkable TaskExecutor protocol matches Client.run; see the Dask report")
@@ -55,7 +69,8 @@ def cluster() -> Iterator[LocalCluster]:
     # One retry after a worker dies, so the killed-worker tests stay short.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, host="127.0.0.1")
+                               dashboard_address=None, host="127.0.0.1",
+                               scheduler_kwargs=_NO_HTTP_PORT_8787)
     try:
         yield cluster
     finally:
@@ -135,13 +150,61 @@ def remote_fails(value: int) -> None:
 
 
 def remote_cooperative(stopped: Event) -> None:
-    """Reports progress while it works until cancelled; says when it stopped."""
+    """Reports progress while it works until cancelled; says when it stopped.
+
+    Stopped either by ``report_progress`` raising ``CancelledError`` or, usually
+    first, by the cancel plugin raising ``ThreadInterrupted`` in its thread.
+    """
     i = 0
     try:
         while True:
             report_progress(min(i / 1000, 0.99))
             i += 1
             time.sleep(0.005)  # simulated work
+    except (asyncio.CancelledError, ThreadInterrupted):
+        stopped.set()
+        raise
+
+
+def remote_cooperative_in_thread(stopped: Event) -> None:
+    """The cooperative loop in a thread of its own, out of the plugin's reach:
+    only ``report_progress`` raising ``CancelledError`` can stop it."""
+    outcome: list[BaseException] = []
+
+    def loop() -> None:
+        i = 0
+        try:
+            while True:
+                report_progress(min(i / 1000, 0.99))
+                i += 1
+                time.sleep(0.005)  # simulated work
+        except asyncio.CancelledError as exc:
+            outcome.append(exc)
+            stopped.set()
+
+    ctx = contextvars.copy_context()  # report_progress needs the task's context
+    thread = threading.Thread(target=ctx.run, args=(loop,))
+    thread.start()
+    thread.join()
+    raise outcome[0]
+
+
+def remote_busy_loop(started: Event, stopped: Event) -> None:
+    """Never reports progress: only an interruption stops it."""
+    started.set()
+    deadline = time.monotonic() + PATIENCE
+    try:
+        while time.monotonic() < deadline:
+            pass  # pure-Python work
+    except ThreadInterrupted:
+        stopped.set()
+        raise
+
+
+async def remote_async_sleeper(started: Event, stopped: Event) -> None:
+    started.set()
+    try:
+        await asyncio.sleep(PATIENCE)
     except asyncio.CancelledError:
         stopped.set()
         raise
@@ -263,8 +326,6 @@ async def test_error_fails_the_task_and_keeps_the_remote_traceback(client: Clien
 
 
 async def test_unpicklable_argument_fails_the_task_with_dasks_error(dworker: AsyncTaskWorker) -> None:
-    import threading
-
     tid = await dworker.add_task(remote_pid_and_id, threading.Lock())
     msg = r"^could not send the task to the Dask cluster: TypeError: cannot pickle"
     with pytest.raises(TypeError, match=msg):
@@ -327,11 +388,11 @@ async def test_cancel_pending_task_never_reaches_the_cluster(
     assert "never_submitted_body" not in prefixes  # ...and never the cancelled one
 
 
-async def test_cancel_running_cancels_the_future_and_stops_the_remote_loop(
+async def test_cancel_running_makes_the_next_remote_report_progress_raise(
         client: Client, sync_client: Client) -> None:
     stopped = _event(sync_client)
     async with AsyncTaskWorker(executor=DaskExecutor(client)) as w:
-        tid = await w.add_task(remote_cooperative, stopped)
+        tid = await w.add_task(remote_cooperative_in_thread, stopped)
         running, unsubscribe = _progress_waiter(w, tid)
         try:
             await asyncio.wait_for(running, PATIENCE)  # the remote loop is reporting
@@ -343,6 +404,18 @@ async def test_cancel_running_cancels_the_future_and_stops_the_remote_loop(
         assert info.error == "cancelled"
         # Its next report_progress raised CancelledError on the Dask worker.
         assert await _wait_event(stopped)
+
+
+@pytest.mark.parametrize("body", [remote_busy_loop, remote_async_sleeper])
+async def test_cancel_running_interrupts_a_body_that_never_reports(
+        body: Any, dworker: AsyncTaskWorker, sync_client: Client) -> None:
+    started, stopped = _event(sync_client), _event(sync_client)
+    tid = await dworker.add_task(body, started, stopped)
+    assert await _wait_event(started)
+    assert await dworker.cancel_task(tid) is True
+    assert dworker.get_task_info(tid).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    # The Dask worker cancelled the key; the plugin interrupted the body there.
+    assert await _wait_event(stopped)
 
 
 async def test_timeout_fails_the_task_and_stops_the_remote_loop(
