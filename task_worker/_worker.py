@@ -191,6 +191,8 @@ class AsyncTaskWorker:
         self._hub = EventHub()
         self._dirty: dict[str, TaskRecord] = {}  # progress to publish this loop turn
         self._threads: ThreadPoolExecutor | None = None
+        # Abandoned thread bodies still running (stop() stopped waiting for them).
+        self._zombies = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -241,7 +243,7 @@ class AsyncTaskWorker:
             _FAILED: len(self._finished[_FAILED]),
             _CANCELLED: len(self._finished[_CANCELLED]),
         }
-        return WorkerStats(self.running, self._max_workers, len(self._active),
+        return WorkerStats(self.running, self._max_workers, len(self._active) + self._zombies,
                            MappingProxyType(counts), len(self._tasks))
 
     def __len__(self) -> int:
@@ -285,6 +287,7 @@ class AsyncTaskWorker:
         for rec in list(self._running.values()):
             self._finish(rec, _CANCELLED, error="cancelled: its event loop was closed")
         self._active.clear()
+        self._zombies = 0
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker.
@@ -292,9 +295,10 @@ class AsyncTaskWorker:
         New tasks are refused at once and pending tasks are marked cancelled.
         Running tasks get up to ``timeout`` seconds to finish, then are
         cancelled; those that still have not finished after ``cancel_grace``
-        are marked cancelled and abandoned. Returns within about
-        ``timeout + cancel_grace`` seconds. Safe to call again; ``start()``
-        works afterwards.
+        are marked cancelled and abandoned (an abandoned thread keeps counting
+        against ``max_workers`` until it returns, also after a restart).
+        Returns within ``timeout + 2 * cancel_grace`` seconds. Safe to call
+        again; ``start()`` works afterwards.
         """
         timeout = (_check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
         if self._state in ("new", "stopped"):
@@ -323,10 +327,16 @@ class AsyncTaskWorker:
                 self._finish(rec, _CANCELLED,
                              error="cancelled: the worker stopped and the task did not unwind in time")
             if self._active:
+                # A second cancel makes job tasks waiting for a thread stuck in a
+                # C call give up waiting (the thread keeps its slot, see _zombies).
+                for job in list(self._active):
+                    job.cancel()
+                await asyncio.wait(set(self._active), timeout=self._cancel_grace)
+            if self._active:
+                # They keep their slots (and their asyncio tasks) until they return.
                 logger.warning(
                     "task_worker: %d task bodies ignored cancellation at stop(); they are abandoned",
                     len(self._active))
-                self._active.clear()
         finally:
             if self._threads is not None:
                 self._threads.shutdown(wait=False, cancel_futures=True)
@@ -489,7 +499,8 @@ class AsyncTaskWorker:
         heap = self._heap
         queued = self._queued
         active = self._active
-        while heap and len(active) < self._max_workers:
+        limit = self._max_workers - self._zombies
+        while heap and len(active) < limit:
             rec = queued.pop(heapq.heappop(heap), None)
             if rec is None:
                 self._stale -= 1
@@ -578,13 +589,25 @@ class AsyncTaskWorker:
         except asyncio.CancelledError:
             run.interrupt()
             # Hold the worker slot until the thread has really stopped, so that
-            # no more than max_workers threads ever run; a second cancel (stop)
-            # gives up waiting.
-            await asyncio.shield(run.done)
+            # no more than max_workers bodies ever run.
+            try:
+                await asyncio.shield(run.done)
+            except asyncio.CancelledError:
+                # Cancelled again (stop): stop waiting, but the thread keeps
+                # counting against max_workers until it returns.
+                if not run.done.done():
+                    self._zombies += 1
+                    run.done.add_done_callback(self._zombie_done)
+                raise
             raise
         if ok:
             return value
         raise value
+
+    def _zombie_done(self, _: object) -> None:
+        self._zombies -= 1
+        if self._heap and self._state == "running":
+            self._dispatch()
 
     def _progress_callback(self, rec: TaskRecord) -> Callable[[float], None]:
         from ._progress import check_fraction

@@ -60,7 +60,7 @@ class Model:
 
 async def scenario(ops: list[tuple[object, ...]], max_workers: int) -> None:
     model = Model(max_workers)
-    worker = AsyncTaskWorker(max_workers=max_workers, cancel_grace=0.5)
+    worker = AsyncTaskWorker(max_workers=max_workers, cancel_grace=0.02)
     worker.subscribe(model.on_event)
     baseline = asyncio.all_tasks()
     await worker.start()
@@ -69,16 +69,23 @@ async def scenario(ops: list[tuple[object, ...]], max_workers: int) -> None:
     tgates: dict[str, threading.Event] = {}
 
     lock = threading.Lock()  # sync bodies count from their worker threads
+    sync_live: set[str] = set()  # sync bodies started and not yet released
 
     def enter(tid: str) -> None:
         with lock:
             model.started_bodies.add(tid)
             model.running_bodies += 1
-            model.peak = max(model.peak, model.running_bodies)
+            model.peak = max(model.peak, model.running_bodies + len(sync_live))
 
     def leave() -> None:
         with lock:
             model.running_bodies -= 1
+
+    def enter_sync(tid: str) -> None:
+        with lock:
+            model.started_bodies.add(tid)
+            sync_live.add(tid)
+            model.peak = max(model.peak, model.running_bodies + len(sync_live))
 
     async def body(tid: str, kind: str) -> str:
         enter(tid)
@@ -94,13 +101,12 @@ async def scenario(ops: list[tuple[object, ...]], max_workers: int) -> None:
             leave()
 
     def sync_body(tid: str) -> str:
-        enter(tid)
-        try:
-            while not tgates[tid].is_set():
-                pass
-            return tid
-        finally:
-            leave()
+        # Waits in a C call, which a cancellation cannot interrupt: such a body
+        # lives until the test releases it, whatever the worker says, and must
+        # keep its slot until then (even across stop() and start()).
+        enter_sync(tid)
+        tgates[tid].wait()
+        return tid
 
     for item in ops:
         name = item[0]
@@ -122,7 +128,9 @@ async def scenario(ops: list[tuple[object, ...]], max_workers: int) -> None:
             if tid in gates:
                 gates[tid].set()
             else:
-                tgates[tid].set()
+                with lock:
+                    tgates[tid].set()
+                    sync_live.discard(tid)
         elif name == "tick":
             for _ in range(item[1]):  # type: ignore[call-overload]
                 await asyncio.sleep(0)
