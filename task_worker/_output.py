@@ -86,6 +86,8 @@ class TaskOutput:
         self._handle: asyncio.TimerHandle | None = None
         # display_id of each item of widget.outputs (parallel list), for update_display.
         self._ids: list[str | None] = []
+        # clear_output(wait=True) seen: clear when the next output arrives (maybe in a later batch).
+        self._clear_wait = False
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._ids)} items"
@@ -149,7 +151,7 @@ class TaskOutput:
         ids = self._ids
         if len(ids) != len(outputs):  # someone else changed the widget: forget display ids
             ids = [None] * len(outputs)
-        clear_wait = False
+        clear_wait = self._clear_wait
         for kind, value in pending:
             if kind == "clear":
                 if value:
@@ -179,6 +181,7 @@ class TaskOutput:
         if len(outputs) > MAX_ITEMS:
             outputs, ids = outputs[-MAX_ITEMS:], ids[-MAX_ITEMS:]
         self._ids = ids
+        self._clear_wait = clear_wait
         self.widget.outputs = tuple(outputs)
 
     def close(self) -> None:
