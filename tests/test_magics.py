@@ -429,3 +429,36 @@ def test_import_task_worker_does_not_import_ipython() -> None:
     code = "import sys, task_worker; print('IPython' in sys.modules, 'ipywidgets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+# ------------------------------------------------------------------ starved
+async def test_loop_lag_monitor_notices_a_blocked_loop_and_stops_with_its_last_view() -> None:
+    import time
+
+    from task_worker._cellview import LoopLagMonitor
+
+    loop = asyncio.get_running_loop()
+    monitor = LoopLagMonitor(loop, interval=0.01, threshold=0.2)
+    assert not monitor.armed  # no heartbeat while nothing is watched
+    lag = loop.create_future()
+
+    class View:
+        def note_starved(self, seconds: float) -> None:
+            if not lag.done():
+                lag.set_result(seconds)
+
+    view = View()
+    monitor.watch(view)  # type: ignore[arg-type]
+    time.sleep(0.3)  # noqa: ASYNC251 - the point: a cell running blocking code
+    assert await asyncio.wait_for(lag, 5) >= 0.2
+    monitor.unwatch(view)  # type: ignore[arg-type]
+    assert not monitor.armed
+
+
+def test_a_starved_task_says_so_in_its_view(ip: Any) -> None:
+    with extension(ip) as m:
+        ip.run_cell_magic("task", "-n starving", "1")
+        view = m.views.get(task_worker.get_worker(), "starving")
+        assert view is not None and view.dashboard.note == ""
+        view.note_starved(2.5)
+        assert "starved" in view.dashboard.note and "2.5 s" in view.dashboard.note

@@ -145,6 +145,21 @@ def strip(msg: dict[str, Any]) -> str:
     return strip_ansi("\n".join(msg["content"]["traceback"]))
 
 
+def test_blocking_cell_marks_a_running_task_starved(kernel: KernelSession) -> None:
+    kernel.execute("starve_gate = asyncio.Event()")
+    cell = kernel.execute("%%task -n starving\nawait starve_gate.wait()")
+    dashboard, _ = _view(kernel, cell)
+    kernel.execute("time.sleep(1.5)")  # blocks the loop: the heartbeat comes late
+    kernel.wait_for(lambda: "starved" in kernel.models[dashboard].get("note", ""), what="the starved note")
+    kernel.execute("starve_gate.set()\nawait task_worker.wait('starving', timeout=10)")
+
+
+def test_tasks_magic_displays_the_dashboard(kernel: KernelSession) -> None:
+    r = kernel.execute("%tasks")
+    (model,) = r.widget_ids()
+    assert kernel.models[model].get("task_id") == ""  # the all-tasks dashboard
+
+
 def test_nest_asyncio_is_warned_about_and_tasks_still_run(kernel: KernelSession) -> None:
     # Last in the module: nest_asyncio patches the kernel process for good.
     probe = kernel.execute(
