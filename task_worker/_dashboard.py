@@ -616,7 +616,9 @@ def _subscribe_weakly(dash: Any, worker: AsyncTaskWorker) -> Callable[[], None]:
             return
         target._on_event(event)
 
-    unsubscribe = worker.subscribe(on_event)
+    # A single-task view subscribes to its own task only: a notebook with many
+    # %%task cells costs nothing extra per event.
+    unsubscribe = worker.subscribe(on_event, task_id=single)
     finalizer = weakref.finalize(dash, unsubscribe)
     finalizer.atexit = False
     return finalizer  # calling it unsubscribes once and detaches the finalizer

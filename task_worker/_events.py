@@ -1,4 +1,4 @@
-"""Worker events and the subscriber list that delivers them."""
+"""Worker events and the subscriber lists that deliver them."""
 
 from __future__ import annotations
 
@@ -42,41 +42,105 @@ class TaskEvent(NamedTuple):
 
 
 Subscriber = Callable[[TaskEvent], object]
+_PROGRESS = EventKind.PROGRESS
 
 
 class EventHub:
-    """Subscribers of one worker. Callbacks run on the loop's thread, in order;
-    one that raises is logged and the others still run."""
+    """Subscribers of one worker: to every task, or to one task; with or
+    without progress events. Callbacks run on the loop's thread, in order of
+    subscription; one that raises is logged and the others still run.
 
-    __slots__ = ("_subscribers",)
+    ``active`` and ``progress_wanted`` are plain attributes the worker reads
+    on its hot paths, so that no subscriber means no event is even built.
+    """
+
+    __slots__ = ("_all", "_no_progress", "_by_task", "task_progress", "active", "progress_wanted")
 
     def __init__(self) -> None:
-        self._subscribers: tuple[Subscriber, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self._subscribers)
+        self._all: tuple[Subscriber, ...] = ()  # every event
+        self._no_progress: tuple[Subscriber, ...] = ()  # every event but progress
+        self._by_task: dict[str, tuple[tuple[Subscriber, bool], ...]] = {}
+        self.task_progress: set[str] = set()  # tasks with a progress-wanting subscriber
+        #: Any subscriber at all (status events must be built).
+        self.active = False
+        #: Some subscriber wants progress of every task.
+        self.progress_wanted = False
 
     def __len__(self) -> int:
-        return len(self._subscribers)
+        return len(self._all) + len(self._no_progress) + sum(map(len, self._by_task.values()))
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+    def wants_progress(self, task_id: str) -> bool:
+        """Whether a progress event of ``task_id`` would reach anyone."""
+        return self.progress_wanted or task_id in self.task_progress
+
+    def subscribe(
+        self, callback: Subscriber, *, task_id: str | None = None, progress: bool = True,
+    ) -> Callable[[], None]:
         if not callable(callback):
             raise TypeError(f"subscribe() needs a callable, got {callback!r}")
-        self._subscribers = (*self._subscribers, callback)
+        if task_id is not None and not isinstance(task_id, str):
+            raise TypeError(f"task_id must be a str or None, got {task_id!r}")
+        entry = (callback, bool(progress))
+        if task_id is not None:
+            self._by_task[task_id] = (*self._by_task.get(task_id, ()), entry)
+        elif progress:
+            self._all = (*self._all, callback)
+        else:
+            self._no_progress = (*self._no_progress, callback)
+        self._refresh()
+        done = False
 
         def unsubscribe() -> None:
-            subs = list(self._subscribers)
-            if callback in subs:
-                subs.remove(callback)
-                self._subscribers = tuple(subs)
+            nonlocal done
+            if done:
+                return
+            done = True
+            if task_id is not None:
+                subs = list(self._by_task.get(task_id, ()))
+                if entry in subs:
+                    subs.remove(entry)
+                if subs:
+                    self._by_task[task_id] = tuple(subs)
+                else:
+                    self._by_task.pop(task_id, None)
+            elif progress:
+                self._all = _without(self._all, callback)
+            else:
+                self._no_progress = _without(self._no_progress, callback)
+            self._refresh()
 
         return unsubscribe
 
+    def _refresh(self) -> None:
+        self.progress_wanted = bool(self._all)
+        self.task_progress = {t for t, subs in self._by_task.items() if any(p for _, p in subs)}
+        self.active = bool(self._all or self._no_progress or self._by_task)
+
     def emit(self, event: TaskEvent) -> None:
-        # Iterate over the tuple that was current at emit time: a callback may
+        # Iterate over the tuples current at emit time: a callback may
         # subscribe or unsubscribe without disturbing this delivery.
-        for callback in self._subscribers:
-            try:
-                callback(event)
-            except Exception:
-                logger.exception("task_worker event subscriber %r raised; it stays subscribed", callback)
+        is_progress = event[0] is _PROGRESS
+        for callback in self._all:
+            _call(callback, event)
+        if not is_progress:
+            for callback in self._no_progress:
+                _call(callback, event)
+        info = event[1]
+        if info is not None and self._by_task:
+            for callback, progress in self._by_task.get(info[0], ()):
+                if progress or not is_progress:
+                    _call(callback, event)
+
+
+def _without(subs: tuple[Subscriber, ...], callback: Subscriber) -> tuple[Subscriber, ...]:
+    out = list(subs)
+    if callback in out:
+        out.remove(callback)
+    return tuple(out)
+
+
+def _call(callback: Subscriber, event: TaskEvent) -> None:
+    try:
+        callback(event)
+    except Exception:
+        logger.exception("task_worker event subscriber %r raised; it stays subscribed", callback)

@@ -459,7 +459,7 @@ class AsyncTaskWorker:
         tasks[task_id] = rec
         self._queued[key] = rec
         heapq.heappush(self._heap, key)
-        if self._hub._subscribers:
+        if self._hub.active:
             self._hub.emit(TaskEvent(_ADDED, rec.snapshot()))
         if not self._dispatch_scheduled:
             self._schedule_dispatch()
@@ -521,7 +521,7 @@ class AsyncTaskWorker:
         self._active[task] = rec
         if rec.timeout is not None:
             rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
-        if self._hub._subscribers:
+        if self._hub.active:
             self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
 
     async def _run(self, rec: TaskRecord) -> None:
@@ -624,7 +624,8 @@ class AsyncTaskWorker:
         if rec.info is not None:
             return  # finished (a detached body still reporting)
         rec.progress = fraction
-        if not self._hub:
+        hub = self._hub
+        if not hub.progress_wanted and rec.id not in hub.task_progress:
             return
         dirty = self._dirty
         if rec.id in dirty:
@@ -718,7 +719,7 @@ class AsyncTaskWorker:
         self._n_finished += 1
         if rec.waiter is not None and not rec.waiter.done():
             rec.waiter.set_result(info)
-        if self._hub._subscribers:
+        if self._hub.active:
             self._hub.emit(TaskEvent(_FINISHED, info))
         if self._n_finished > self._max_history:
             self._trim_history()
@@ -741,7 +742,7 @@ class AsyncTaskWorker:
     def _drop(self, info: TaskInfo) -> None:
         del self._tasks[info[0]]
         self._n_finished -= 1
-        if self._hub._subscribers:
+        if self._hub.active:
             self._hub.emit(TaskEvent(EventKind.REMOVED, info))
 
     def _wake_idle(self) -> None:
@@ -751,7 +752,7 @@ class AsyncTaskWorker:
                 fut.set_result(None)
 
     def _emit_worker(self) -> None:
-        if self._hub._subscribers:
+        if self._hub.active:
             self._hub.emit(TaskEvent(EventKind.WORKER, None))
 
     # ------------------------------------------------------------- cancelling
@@ -905,7 +906,21 @@ class AsyncTaskWorker:
     def get_queue(self, limit: int | None = None) -> list[TaskInfo]:
         """Pending tasks in the order they will start (cost O(n log limit))."""
         queued = self._queued
-        keys = sorted(queued) if limit is None else heapq.nsmallest(limit, queued)
+        if limit is None:
+            keys = sorted(queued)
+        else:
+            # Walk the heap lazily, smallest first: O((limit + stale) log n).
+            heap = self._heap
+            size = len(heap)
+            keys = []
+            frontier = [(heap[0], 0)] if heap else []
+            while frontier and len(keys) < limit:
+                key, i = heapq.heappop(frontier)
+                if key in queued:
+                    keys.append(key)
+                for child in (2 * i + 1, 2 * i + 2):
+                    if child < size:
+                        heapq.heappush(frontier, (heap[child], child))
         return [queued[k].snapshot() for k in keys]
 
     def get_running(self) -> list[TaskInfo]:
@@ -964,7 +979,9 @@ class AsyncTaskWorker:
         return worker_mimebundle(self, include, exclude)
 
     # ------------------------------------------------------------------ events
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+    def subscribe(
+        self, callback: Subscriber, *, task_id: str | None = None, progress: bool = True,
+    ) -> Callable[[], None]:
         """Call ``callback(event)`` for every change; returns a function that unsubscribes.
 
         Events (``TaskEvent``) carry a ``kind`` and a ``TaskInfo`` snapshot.
@@ -972,8 +989,14 @@ class AsyncTaskWorker:
         merged to at most one per task per loop turn. Callbacks run on the
         loop's thread and must not block; one that raises is logged and stays
         subscribed.
+
+        Args:
+            task_id: Only events of this task (a per-cell view), at O(1) cost
+                per event whatever the number of such subscribers.
+            progress: ``False`` to receive no progress events. When nobody
+                wants them, ``report_progress`` only stores the value.
         """
-        return self._hub.subscribe(callback)
+        return self._hub.subscribe(callback, task_id=task_id, progress=progress)
 
 
 def _seq_key(info: TaskInfo) -> int:

@@ -549,7 +549,7 @@ async def test_bad_arguments_are_refused(worker: AsyncTaskWorker) -> None:
         TaskDashboard(worker, task_id="nope")
     with pytest.raises(ValueError, match="status_filter"):
         TaskDashboard(worker, status_filter="done-ish")
-    assert worker._hub._subscribers == ()
+    assert len(worker._hub) == 0
 
 
 # ---------------------------------------------------------------- lifetime

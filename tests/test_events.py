@@ -71,3 +71,43 @@ async def test_worker_and_removed_events() -> None:
     assert kinds[0] == EventKind.WORKER and kinds[-1] == EventKind.WORKER
     removed = [e for e in events if e.kind == EventKind.REMOVED]
     assert len(removed) == 1 and removed[0].task_id == tid
+
+
+async def test_task_subscription_sees_only_its_task_and_progress_can_be_turned_off(
+    worker: AsyncTaskWorker,
+) -> None:
+    from task_worker import report_progress
+
+    gate = asyncio.Event()
+
+    async def body() -> None:
+        report_progress(0.5)
+        await gate.wait()
+
+    mine: list[TaskEvent] = []
+    quiet: list[TaskEvent] = []
+    a = await worker.add_task(body)
+    b = await worker.add_task(body)
+    worker.subscribe(mine.append, task_id=a)
+    worker.subscribe(quiet.append, progress=False)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    gate.set()
+    await worker.join()
+    assert {e.task_id for e in mine} == {a}
+    assert EventKind.PROGRESS in [e.kind for e in mine]
+    assert EventKind.PROGRESS not in [e.kind for e in quiet]
+    assert [e.kind for e in quiet if e.task_id == b][-1] == EventKind.FINISHED
+
+
+async def test_without_progress_subscribers_reports_only_store_the_value(worker: AsyncTaskWorker) -> None:
+    from task_worker import report_progress
+
+    worker.subscribe(lambda e: None, progress=False)
+
+    async def body() -> None:
+        report_progress(0.3)
+        assert worker._dirty == {}
+
+    await worker.wait(await worker.add_task(body))

@@ -673,3 +673,18 @@ async def test_history_is_bounded_oldest_first_and_clear_drops_finished() -> Non
         gate.set()
         await w.join()
         assert w.clear(older_than=timedelta(hours=1)) == 0
+
+
+async def test_get_queue_with_limit_walks_past_cancelled_entries() -> None:
+    async with AsyncTaskWorker(max_workers=1) as w:
+        gate = asyncio.Event()
+        await w.add_task(gate.wait)
+        await asyncio.sleep(0)
+        ids = [await w.add_task(_value, i, priority=i % 7) for i in range(200)]
+        for tid in ids[::3]:
+            await w.cancel_task(tid)
+        expected = [i.id for i in w.get_queue()]
+        assert len(expected) == 200 - len(ids[::3])
+        for limit in (0, 1, 5, 50, 500):
+            assert [i.id for i in w.get_queue(limit=limit)] == expected[:limit]
+        gate.set()
