@@ -54,7 +54,7 @@ class EventHub:
     on its hot paths, so that no subscriber means no event is even built.
     """
 
-    __slots__ = ("_all", "_no_progress", "_by_task", "task_progress", "active", "progress_wanted")
+    __slots__ = ("_all", "_by_task", "_no_progress", "active", "progress_wanted", "task_progress")
 
     def __init__(self) -> None:
         self._all: tuple[Subscriber, ...] = ()  # every event
