@@ -175,7 +175,8 @@ class CellViews:
         view = TaskCellView(worker, task_id, output, sink, show_result=show_result)
         key = (id(worker), task_id)
         if id(worker) not in self._subscriptions:
-            unsubscribe = worker.subscribe(lambda ev: self._on_event(worker, ev))
+            # Status changes only: progress events are the dashboard's business.
+            unsubscribe = worker.subscribe(lambda ev: self._on_event(worker, ev), progress=False)
             self._subscriptions[id(worker)] = (worker, unsubscribe)
         self._views[key] = view
         info = worker.get_task_info(task_id)
