@@ -289,6 +289,7 @@ def _build_widget_class() -> type[Any]:
             self._clock = _clock or time.monotonic
             self._call_later_hook = _call_later
             self._closed = False
+            self._ready = False  # trait observers fire during super().__init__
             self._handle: _Handle | None = None
             self._last_flush = -float("inf")
             self._seq = 0
@@ -307,6 +308,7 @@ def _build_widget_class() -> type[Any]:
             self._header_state: dict[str, Any] = self._header
             self.on_msg(self._on_frontend_msg)
             self._unsubscribe = _subscribe_weakly(self, worker)
+            self._ready = True
 
         # ------------------------------------------------------------ queries
         @property
@@ -380,7 +382,9 @@ def _build_widget_class() -> type[Any]:
             """Stop listening to the worker, cancel the timer and close the widget."""
             if not getattr(self, "_closed", True):
                 self._closed = True
-                self._unsubscribe()
+                unsubscribe = getattr(self, "_unsubscribe", None)
+                if unsubscribe is not None:
+                    unsubscribe()
                 if self._handle is not None:
                     self._handle.cancel()
                     self._handle = None
@@ -419,7 +423,7 @@ def _build_widget_class() -> type[Any]:
             self._schedule()
 
         def _schedule(self) -> None:
-            if self._handle is not None or self._closed:
+            if self._handle is not None or self._closed or not self._ready:
                 return
             delay = max(0.0, self._last_flush + self._interval - self._clock())
             hook = self._call_later_hook

@@ -2,10 +2,11 @@
 
 A sync body cannot be cancelled the asyncio way. Two mechanisms stop it:
 ``report_progress`` raises ``CancelledError`` at its next call, and for code
-that never reports, the worker raises ``ThreadInterrupted`` inside the thread
-with ``PyThreadState_SetAsyncExc``. That exception is delivered between two
-bytecodes: a C call in progress (``time.sleep``, a socket read, a long numpy
-operation) finishes first, and a bare ``except:`` in user code can swallow it.
+that does not report within ``INJECT_AFTER`` seconds, the worker raises
+``ThreadInterrupted`` inside the thread with ``PyThreadState_SetAsyncExc``.
+That exception is delivered between two bytecodes: a C call in progress
+(``time.sleep``, a socket read, a long numpy operation) finishes first, and a
+bare ``except:`` in user code can swallow it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ _PROTO_CLEAR = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _set_async_exc = _PROTO_SET(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
 # Same C function with a NULL exception: clears a pending one.
 _clear_async_exc = _PROTO_CLEAR(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+
+
+#: Seconds a cancelled body gets to stop cooperatively before the interruption
+#: is injected (well inside the 100 ms promised for pure-Python loops).
+INJECT_AFTER = 0.05
 
 
 class ThreadInterrupted(BaseException):
@@ -70,11 +76,21 @@ class ThreadRun:
         except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
             pass
 
-    def interrupt(self) -> None:
-        """Stop the body: it never starts if it has not yet, else ``ThreadInterrupted``
-        is raised in its thread (once)."""
+    def request_stop(self) -> None:
+        """Ask the body to stop: it never starts if it has not yet, and
+        ``report_progress`` raises ``CancelledError`` from now on (the worker
+        sets the task's cancel reason)."""
         with self._lock:
             self._requested = True
+
+    def inject(self) -> None:
+        """Raise ``ThreadInterrupted`` in the body's thread (once), if it still runs.
+
+        Used only after a grace period: an asynchronous exception can land
+        anywhere, including inside a library holding a lock, so bodies that
+        stop cooperatively are left to do so first.
+        """
+        with self._lock:
             if self._ident and not self._injected:
                 self._injected = True
                 _set_async_exc(self._ident, ThreadInterrupted)

@@ -39,7 +39,7 @@ from ._record import (
 from ._registry import _names as _registered_names
 from ._registry import resolve
 from ._status import TaskStatus
-from ._threads import ThreadInterrupted, ThreadRun
+from ._threads import INJECT_AFTER, ThreadInterrupted, ThreadRun
 
 logger = logging.getLogger("task_worker")
 
@@ -587,7 +587,8 @@ class AsyncTaskWorker:
         try:
             ok, value = await asyncio.shield(run.done)
         except asyncio.CancelledError:
-            run.interrupt()
+            run.request_stop()
+            loop.call_later(INJECT_AFTER, run.inject)
             # Hold the worker slot until the thread has really stopped, so that
             # no more than max_workers bodies ever run.
             try:
@@ -657,8 +658,6 @@ class AsyncTaskWorker:
         if rec.task is not None and rec.flags & STEPPED:
             # Not before its first step: _run then sees cancel_reason itself.
             rec.task.cancel()
-        if rec.thread is not None:
-            rec.thread.interrupt()
         if force_after is not None and self._loop is not None:
             self._loop.call_later(force_after, self._force_finish, rec)
 

@@ -647,3 +647,18 @@ def test_make_row_rounds_progress_and_keeps_only_what_is_set() -> None:
     assert make_row(info) == {"id": "a", "name": "job", "status": "running", "priority": 2,
                               "progress": 12.3, "seq": 7, "created": 10000, "started": 11500,
                               "completed": None}
+
+
+def test_dashboard_can_be_built_without_a_running_loop() -> None:
+    import gc
+
+    from task_worker import AsyncTaskWorker, TaskDashboard
+
+    w = AsyncTaskWorker()
+    dash = TaskDashboard(w, status_filter="failed")
+    assert dash.rows == []
+    dash.status_filter = "completed"  # flushes at once: no loop to schedule on
+    dash.close()
+    del dash
+    gc.collect()
+    assert len(w._hub) == 0
