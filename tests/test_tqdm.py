@@ -100,3 +100,22 @@ def test_is_a_tqdm_subclass() -> None:
     from tqdm.auto import tqdm as auto_tqdm
 
     assert issubclass(task_worker.tqdm, auto_tqdm)
+
+
+async def test_cancelling_a_thread_in_a_tight_tqdm_loop_stops_it_and_leaves_tqdm_usable(
+    worker: task_worker.AsyncTaskWorker,
+) -> None:
+    started = threading.Event()
+
+    def body() -> None:
+        for _ in _bar(range(10**9)):
+            started.set()
+
+    task_id = await worker.add_task(body)
+    await asyncio.to_thread(started.wait, 10)
+    assert await worker.cancel_task(task_id) is True
+    info = worker.get_task_info(task_id)
+    assert info is not None and info.status == "cancelled"
+    assert "abandoned" not in (info.error or "")  # it stopped, cooperatively
+    # tqdm's class-level lock is free: a new bar in another thread completes.
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: sum(_bar(range(100)))), 10) == 4950
