@@ -56,17 +56,22 @@ RUNNER = textwrap.dedent("""
 
 
 def _files_git_would_clone(dest: Path) -> None:
-    """Copy the tracked files (plus new files not ignored, so uncommitted work is tested too)."""
+    """Copy the tracked files, plus new files git does not ignore (so uncommitted work is tested
+    too), leaving out virtual environments that happen to sit in the checkout unignored."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, capture_output=True, check=True,
     ).stdout.decode().split("\0")
     for name in filter(None, listed):
         src = REPO / name
-        if src.is_file():  # a deleted but still tracked file is skipped
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
+        if not src.is_file():  # a deleted but still tracked file
+            continue
+        top = REPO / Path(name).parts[0]
+        if top.is_dir() and (top / "pyvenv.cfg").exists():
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
 
 
 def _python_version() -> tuple[int, int]:

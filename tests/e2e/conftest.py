@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 from conftest import skip_or_fail  # tests/conftest.py: pytest puts tests/ on sys.path
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, Browser, JupyterServer, start_server, stop_server
+from .harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SCREENSHOTS,
+    TAKEN,
+    Browser,
+    JupyterServer,
+    start_server,
+    stop_server,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,9 +36,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if SCREENSHOTS.is_dir() and any(SCREENSHOTS.iterdir()):
+    if TAKEN:
         terminalreporter.write_sep("-", "browser screenshots")
-        terminalreporter.write_line(f"screenshots of each browser-test state: {SCREENSHOTS}")
+        terminalreporter.write_line(f"{len(TAKEN)} screenshots of the browser tests' states in {SCREENSHOTS}")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +55,7 @@ def chromium() -> str:
 
 @pytest.fixture
 def notebook_root(tmp_path: Path) -> Path:
+    """The (empty) folder the Jupyter server serves; tests put their notebooks there."""
     root = tmp_path / "root"
     root.mkdir()
     return root
@@ -97,7 +107,8 @@ def browser(chromium: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
 
             page.on("dialog", on_dialog)
             yield b
-            if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
                 b.screenshot("failure")
         finally:
             context.close()

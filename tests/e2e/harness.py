@@ -63,6 +63,9 @@ KNOWN_UPSTREAM_ERRORS = [
     ),
 ]
 
+#: Every screenshot taken in this process (listed at the end of the pytest run).
+TAKEN: list[Path] = []
+
 _TWO_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
 _LOCAL_SCHEMES = ("data", "blob", "about", "chrome", "chrome-extension", "devtools")
@@ -252,6 +255,7 @@ class Browser:
         path = SCREENSHOTS / f"{self.shot_prefix}-{len(self.shots):02d}-{state}.png"
         self.page.screenshot(path=str(path))
         self.shots.append(path)
+        TAKEN.append(path)
         return path
 
     def foreign_requests(self) -> list[str]:
