@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.sync_api import expect
-
 from .harness import (
     Browser,
     JupyterServer,
@@ -57,6 +55,8 @@ except ValueError:
 def test_markup_in_task_names_and_errors_is_shown_as_text(
     jupyter: Callable[[str], JupyterServer], browser: Browser, notebook_root: Path,
 ) -> None:
+    from playwright.sync_api import expect  # imported here: without Playwright the fixtures skip
+
     b = browser
     page = b.page
     write_notebook(notebook_root, "escaping.ipynb", CELLS)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from playwright.sync_api import Locator, expect
 
 from .harness import (
     Browser,
@@ -26,6 +27,9 @@ from .harness import (
     output_texts,
     run_all_cells,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator
 
 NOTEBOOK = "01-quickstart.ipynb"
 TICK = re.compile(r"tick (\d+)/30")
@@ -46,11 +50,13 @@ def aria_value(bar: Locator) -> float:
 
 @pytest.mark.parametrize("app", ["lab", "notebook"])
 def test_quickstart_runs_live_in_the_browser(
-    app: str, jupyter: Callable[[str], JupyterServer], browser: Browser, notebook_root: object,
+    app: str, jupyter: Callable[[str], JupyterServer], browser: Browser, notebook_root: Path,
 ) -> None:
+    from playwright.sync_api import expect  # imported here: without Playwright the fixtures skip
+
     b = browser
     page = b.page
-    copy_notebook(NOTEBOOK, notebook_root)  # type: ignore[arg-type]
+    copy_notebook(NOTEBOOK, notebook_root)
     server = jupyter(app)
     open_notebook(b, server, NOTEBOOK)
     b.screenshot("opened")
