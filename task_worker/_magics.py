@@ -82,6 +82,24 @@ class CellCode:
         return None if self.last is None else eval(self.last, ns)
 
 
+def cell_number(shell: Any) -> int:
+    """The number of the cell running now (``In[N]``).
+
+    IPython 9 increments ``execution_count`` before running a cell, older
+    versions after: the current ``ExecutionResult`` knows the right one.
+    """
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    count = getattr(result, "execution_count", None)
+    return count if isinstance(count, int) else int(shell.execution_count)
+
+
+def _unquote(text: str) -> str:
+    # IPython's magic argument splitting keeps quotes: -n "two words" -> two words
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 def compile_cell(shell: Any, cell: str) -> CellCode:
     """Compile ``cell`` as IPython would, allowing top-level ``await``.
 
@@ -89,7 +107,7 @@ def compile_cell(shell: Any, cell: str) -> CellCode:
         SyntaxError: the cell is not valid Python (after IPython's transforms).
     """
     source = shell.transform_cell(cell)
-    filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
+    filename = shell.compile.cache(source, cell_number(shell), raw_code=cell)
     # Future imports of earlier cells apply, as in a normal cell; this module's do not.
     flags = _COMPILE_FLAGS | (getattr(shell.compile, "flags", 0) & _FUTURE_FLAGS)
     whole = compile(source, filename, "exec", flags=flags, dont_inherit=True)
@@ -240,6 +258,8 @@ class TaskMagics(Magics):
             raise UsageError("%%task: --thread and --async exclude each other")
         if args.timeout is not None and (not math.isfinite(args.timeout) or args.timeout <= 0):
             raise UsageError(f"%%task: --timeout must be a positive number of seconds, got {args.timeout}")
+        if args.name is not None:
+            args.name = _unquote(args.name)
         if args.name is not None and not args.name.strip():
             raise UsageError("%%task: --name must not be empty")
         if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
@@ -251,12 +271,13 @@ class TaskMagics(Magics):
         worker = self._worker()
         if self.check_environment is not None:
             self.check_environment()
-        name = args.name if args.name is not None else f"In[{self._ip.execution_count}]"
+        number = cell_number(self._ip)
+        name = args.name if args.name is not None else f"In[{number}]"
         task_id = args.name if args.name is not None and args.name not in worker else None
         runner = make_runner(code, self._ip.user_ns, run_async=run_async, name=name, out=args.out)
         options = dict(
             priority=args.priority, task_id=task_id, timeout=args.timeout,
-            metadata={"source": "%%task", "cell": self._ip.execution_count,
+            metadata={"source": "%%task", "cell": number,
                       "mode": "async" if run_async else "thread"},
         )
         if not self.widgets:

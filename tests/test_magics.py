@@ -462,3 +462,14 @@ def test_a_starved_task_says_so_in_its_view(ip: Any) -> None:
         assert view is not None and view.dashboard.note == ""
         view.note_starved(2.5)
         assert "starved" in view.dashboard.note and "2.5 s" in view.dashboard.note
+
+
+def test_quoted_name_loses_its_quotes_and_unnamed_tasks_use_the_cell_number(ip: Any) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", '-n "two words"', "1 + 1")
+        assert finish("two words").status == "completed"
+        result = ip.run_cell("%%task\n40 + 2", store_history=True)
+        assert result.error_in_exec is None
+        info = finish(f"In[{result.execution_count}]")
+        assert info.result == 42
+        assert info.metadata["cell"] == result.execution_count
