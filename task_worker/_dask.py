@@ -20,11 +20,25 @@ Per task:
   value) with ``Worker.log_event`` on a topic this executor subscribed to;
   the executor merges what arrives in one loop turn into one ``report`` call
   per task;
-* cancel: a cancelled ``run`` cancels the Dask future. The Dask worker then
-  moves the executing key to its ``cancelled`` state; the reporter checks that
-  state (a local dict lookup, no network) on every call and raises
-  ``CancelledError``, so cooperative code stops at its next
-  ``report_progress``.
+* cancel (also timeout and ``stop``): a cancelled ``run`` cancels the Dask
+  future, or drops the job if it was not submitted yet. The Dask worker then
+  moves the executing key to its ``cancelled`` state, and two things stop the
+  body there: the reporter checks that state (a local dict lookup, no
+  network) on every call and raises ``CancelledError``, so cooperative code
+  stops at its next ``report_progress``; and ``_CancelPlugin``, a
+  ``WorkerPlugin`` installed once per executor, sees the transition and raises
+  ``ThreadInterrupted`` in a sync body's thread or cancels an async body's
+  task (same limits as locally: a C call finishes first).
+* a Dask worker process that dies mid-task: Dask retries the key elsewhere
+  (``distributed.scheduler.allowed-failures`` times), then the future errs
+  with ``KilledWorker`` and the task fails with it. A client that closes or
+  loses its scheduler cancels its futures: the task fails with a message
+  saying so. Either way ``run`` never hangs.
+
+Dask calls used beyond the basics (``submit``, ``gather``, ``cancel``):
+``Future.exception(asynchronous=True)`` to wait without fetching,
+``Client.subscribe_topic`` / ``Worker.log_event`` for progress,
+``Worker.state.tasks[key].state`` and ``WorkerPlugin.transition`` for cancel.
 """
 
 from __future__ import annotations

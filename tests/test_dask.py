@@ -429,6 +429,23 @@ async def test_timeout_fails_the_task_and_stops_the_remote_loop(
     assert await _wait_event(stopped)
 
 
+async def test_stop_cancels_remote_bodies(sync_client: Client) -> None:
+    stopped = _event(sync_client)
+    w = AsyncTaskWorker(executor=DaskExecutor(sync_client))
+    await w.start()
+    tid = await w.add_task(remote_cooperative, stopped)
+    running, unsubscribe = _progress_waiter(w, tid)
+    try:
+        await asyncio.wait_for(running, PATIENCE)
+    finally:
+        unsubscribe()
+    await w.stop(timeout=0.01)
+    info = w.get_task_info(tid)
+    assert info is not None and info.status is TaskStatus.CANCELLED
+    assert info.error == "cancelled: the worker stopped"
+    assert await _wait_event(stopped)
+
+
 async def test_max_workers_bounds_tasks_in_flight_on_the_cluster(sync_client: Client) -> None:
     gate = _event(sync_client)
     async with AsyncTaskWorker(max_workers=1, executor=DaskExecutor(sync_client)) as w:
