@@ -608,7 +608,13 @@ class _RemoteReporter:
             value = self._value
             if self._closed or value is None or value == self._sent:
                 return
-            self._next_at = time.monotonic() + PROGRESS_INTERVAL
+            now = time.monotonic()
+            if now < self._next_at:
+                # A report sent directly since this timer was armed: wait for the next slot.
+                self._timer = True
+                self._worker.loop.asyncio_loop.call_later(self._next_at - now, self._flush)
+                return
+            self._next_at = now + PROGRESS_INTERVAL
         self._send(value)
 
     def _send(self, fraction: float) -> None:
