@@ -29,12 +29,20 @@ def adapt_executor(executor: object) -> TaskExecutor:
     Raises:
         TypeError: it is neither a ``TaskExecutor`` nor a ``distributed.Client``.
     """
-    if isinstance(executor, TaskExecutor):
-        return executor
-    module = type(executor).__module__ or ""
-    if module.split(".")[0] == "distributed" and type(executor).__name__ == "Client":
+    # Before the protocol check: a Client has a ``run`` method too (Client.run
+    # runs a function on every Dask worker), so it would pass as a TaskExecutor.
+    if _is_dask_client(executor):
         from ._dask import DaskExecutor  # imported only when a Client is given
 
         return DaskExecutor(executor)
+    if isinstance(executor, TaskExecutor):
+        return executor
     raise TypeError(
         f"executor must be a distributed.Client or a TaskExecutor, got {executor!r}")
+
+
+def _is_dask_client(obj: object) -> bool:
+    """Whether ``obj`` is a ``distributed.Client`` (or a subclass), without importing Dask."""
+    return any(
+        cls.__name__ == "Client" and (cls.__module__ or "").split(".")[0] == "distributed"
+        for cls in type(obj).__mro__)

@@ -538,7 +538,10 @@ class AsyncTaskWorker:
             func = rec.func
             assert func is not None
             args, kwargs = rec.args, rec.kwargs
-            if rec.flags & WANTS_PROGRESS and not (kwargs and "progress_callback" in kwargs):
+            # A remote executor passes its own progress_callback: a closure over
+            # this worker cannot travel to another process.
+            if (rec.flags & WANTS_PROGRESS and rec.executor is None
+                    and not (kwargs and "progress_callback" in kwargs)):
                 kwargs = {**(kwargs or {}), "progress_callback": self._progress_callback(rec)}
             try:
                 if rec.executor is not None:

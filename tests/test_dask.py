@@ -58,11 +58,6 @@ PATIENCE = 60.0
 #: port 8787, or warns (an error under our pytest config) and picks another when it is taken.
 _NO_HTTP_PORT_8787 = {"dashboard_address": "127.0.0.1:0"}
 
-CORE_BUG_ADAPT = (
-    "core bug: adapt_executor() returns a distributed.Client unchanged because the "
-    "runtime-checkable TaskExecutor protocol matches Client.run; see the Dask report")
-
-
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
@@ -266,12 +261,10 @@ def test_dask_executor_needs_a_client_and_is_one_per_client(sync_client: Client)
     assert sync_client.scheduler.address in repr(ex)
 
 
-@pytest.mark.xfail(reason=CORE_BUG_ADAPT, strict=True)
 def test_adapt_executor_turns_a_client_into_a_dask_executor(sync_client: Client) -> None:
     assert isinstance(adapt_executor(sync_client), DaskExecutor)
 
 
-@pytest.mark.xfail(reason=CORE_BUG_ADAPT, strict=True)
 async def test_worker_executor_client_runs_every_task_on_the_cluster(sync_client: Client) -> None:
     async with AsyncTaskWorker(executor=sync_client) as w:
         tid = await w.add_task(remote_pid_and_id, 1)
@@ -279,7 +272,6 @@ async def test_worker_executor_client_runs_every_task_on_the_cluster(sync_client
     assert result == 2 and pid != os.getpid()
 
 
-@pytest.mark.xfail(reason=CORE_BUG_ADAPT, strict=True)
 async def test_add_task_executor_client_runs_that_task_on_the_cluster(
         worker: AsyncTaskWorker, async_client: Client) -> None:
     remote = await worker.add_task(remote_pid_and_id, 1, executor=async_client)
