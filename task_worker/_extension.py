@@ -29,7 +29,7 @@ NEST_ASYNCIO_WARNING = (
     "harmful: on ipykernel 7 a button click or a cell sent while a nested run_until_complete "
     "is active can be lost (no reply, the notebook hangs), an interrupt during a nested run "
     "lands in background tasks, and tasks run about 1.7x slower (pure-Python asyncio.Task). "
-    "Tasks still run; remove nest_asyncio.apply() if you can."
+    "Tasks still run; stop applying nest_asyncio if you can."
 )
 
 TERMINAL_HINT = (
