@@ -25,6 +25,10 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
 
     A tuple underneath (like a named tuple) so that a finished task's record
     *is* its snapshot: cheap to keep by the ten thousand and free to hand out.
+    Layout (the dashboard reads it positionally): 0 id, 1 name, 2 status,
+    3 priority, 4 progress, 5 result, 6 error, 7 exception, 8 traceback,
+    9 metadata, 10 created, 11 started, 12 completed (epoch seconds), 13 seq
+    (creation order).
     """
 
     __slots__ = ()
@@ -152,6 +156,3 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
     def __deepcopy__(self, memo: object) -> TaskInfo:
         return self
 
-
-I_ID, I_NAME, I_STATUS, I_PRIORITY, I_PROGRESS = 0, 1, 2, 3, 4
-I_CREATED, I_SEQ = 10, 13

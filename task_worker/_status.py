@@ -46,4 +46,3 @@ class TaskStatus(str, enum.Enum):
 
 
 _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-TERMINAL_STATUSES = _TERMINAL
