@@ -60,7 +60,9 @@ from typing import Any, ClassVar
 from distributed import Client, WorkerPlugin, get_worker
 
 from ._progress import check_fraction, current_record
+from ._record import WANTS_PROGRESS
 from ._threads import ThreadInterrupted, _clear_async_exc, _set_async_exc
+from ._worker import _flags_for
 
 logger = logging.getLogger("task_worker")
 
@@ -90,26 +92,9 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-_declares: dict[Any, bool] = {}
-
-
 def _declares_progress_callback(func: Callable[..., Any]) -> bool:
-    """Whether ``func`` has a ``progress_callback`` parameter (cached, bounded)."""
-    try:
-        return _declares[func]
-    except (KeyError, TypeError):
-        pass
-    try:
-        found = "progress_callback" in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        found = False
-    try:
-        if len(_declares) >= 4096:
-            _declares.clear()
-        _declares[func] = found
-    except TypeError:  # unhashable callable
-        pass
-    return found
+    """Whether ``func`` has a ``progress_callback`` parameter (the worker's cached check)."""
+    return bool(_flags_for(func) & WANTS_PROGRESS)
 
 
 def _is_worker_progress_callback(value: object) -> bool:
