@@ -217,7 +217,9 @@ class CellViews:
     def _format_error(self, exc: BaseException) -> tuple[str, str, list[str]]:
         tb = user_traceback(exc.__traceback__)
         try:
-            lines = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb)
+            # tb_offset=0: ``tb`` already starts at the cell's frame (IPython 8
+            # would otherwise skip it as if it were its own runner's frame).
+            lines = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
         except Exception:  # a broken formatter must not hide the error
             lines = _tb.format_exception(type(exc), exc, tb)
         return type(exc).__name__, str(exc), list(lines)
