@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _session
 from ._magics import TaskMagics
-from ._output import OutputCapture
+from ._output import OutputCapture, guard_input
 
 #: Seconds ``unload`` lets running tasks unwind (after being cancelled) before abandoning them.
 STOP_TIMEOUT = 0.0
@@ -66,6 +67,8 @@ class _Loaded:
     magics: TaskMagics
     capture: OutputCapture | None
     warned: set[str] = field(default_factory=set)
+    #: Undo functions of the other hooks (input() guard, tqdm bridge), last first.
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
     def check_environment(self) -> None:
         """Warn (once each) about nest_asyncio and a terminal loop that does not run."""
@@ -117,6 +120,7 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
     if capture is not None:
         capture.install()
     try:
+        _install_hooks(state)
         ip.register_magics(magics)
         magics._worker()  # create and start the session worker
     except BaseException:
@@ -160,10 +164,22 @@ def _stop_done(fut: asyncio.Future[None]) -> None:
                                                exc_info=fut.exception())
 
 
+def _install_hooks(state: _Loaded) -> None:
+    # input()/getpass() refused in tasks; tqdm bars in tasks drive their progress.
+    state.undo.append(guard_input(state.shell))
+    try:
+        from ._tqdm import drive_task_progress
+    except ImportError:  # tqdm is not installed: nothing to drive
+        return
+    state.undo.append(drive_task_progress())
+
+
 def _undo(state: _Loaded) -> None:
     state.magics.close_widgets()
     if state.capture is not None:
         state.capture.uninstall()
+    while state.undo:
+        state.undo.pop()()
     _unregister_magics(state.shell, state.magics)
 
 
