@@ -15,6 +15,9 @@ jupyter_client, with ``%load_ext task_worker``. Measured:
   long each takes to reply: p50 / p99 / max. The task's duration is its
   started-to-completed time from the worker; "widget" is the time until the last
   line printed is in the Output widget's state as seen by this client.
+* ``TaskOutput.flush`` is timed inside the kernel: how long each flush (joining
+  the text and sending the widget state) took on the loop, wall time, so it
+  includes waiting for the GIL while the task's thread prints.
 
 The ratios printed are task duration / foreground duration, and the worst reply
 against the 0.25 s target.
@@ -33,6 +36,21 @@ import time
 from typing import Any
 
 TARGET_REPLY = 0.25
+
+# Times every TaskOutput.flush (it runs on the kernel's loop and sends the widget state).
+KERNEL_SETUP = r"""
+import time, task_worker
+from task_worker import _output
+_flushes = []
+_orig_flush = _output.TaskOutput.flush
+
+def _timed_flush(self):
+    t = time.perf_counter()
+    _orig_flush(self)
+    _flushes.append(time.perf_counter() - t)
+
+_output.TaskOutput.flush = _timed_flush
+"""
 
 
 class Kernel:
@@ -169,11 +187,12 @@ def main() -> None:
 
     k = Kernel(os.path.abspath(opts.python) if os.sep in opts.python else opts.python)
     try:
-        k.run("%load_ext task_worker\nimport time, task_worker\n"
-              "import ipykernel; print(ipykernel.__version__)")
+        k.run("%load_ext task_worker\nimport ipykernel")
+        k.run(KERNEL_SETUP)
         version = k.value("ipykernel.__version__")
         fg = foreground(k, opts.lines)
         runs = [flood(k, opts.lines, i) for i in range(opts.runs)]
+        flushes = k.value("[len(_flushes), sorted(_flushes)[len(_flushes) // 2], max(_flushes)]")
     finally:
         k.close()
 
@@ -188,6 +207,8 @@ def main() -> None:
               f"last line in the widget after {r['widget']:.2f} s")
     print(f"`1 + 1` replies during the flood (n={len(lat)}): p50 {percentile(lat, 0.5) * 1000:.0f} ms, "
           f"p99 {percentile(lat, 0.99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms")
+    print(f"TaskOutput.flush on the kernel's loop (n={flushes[0]}): median {flushes[1] * 1000:.1f} ms, "
+          f"max {flushes[2] * 1000:.1f} ms")
     print(f"ratios: task / foreground = {task / fg['kernel']:.2f}x; "
           f"max reply / {TARGET_REPLY:g} s target = {max(lat) / TARGET_REPLY:.2f}")
 
