@@ -1,11 +1,12 @@
 """``%load_ext task_worker`` / ``%unload_ext task_worker``: install and remove the extension.
 
 Loading registers ``TaskMagics``, installs the output routing (in a kernel),
+the ``input()`` guard and the tqdm bridge (``_output.guard_input``, ``_tqdm``),
 creates the session worker (started on the running loop, or on IPython's asyncio
 loop in the terminal) and checks the environment once: nest_asyncio applied, or
 a terminal whose loop does not run between cells. Unloading undoes all of it:
-the worker is stopped (bounded), streams and ``display_pub`` are restored, the
-magics are unregistered and every widget the extension made is closed.
+the worker is stopped (bounded), streams, ``display_pub``, ``input()`` and tqdm
+are restored, the magics are unregistered and every widget the extension made is closed.
 """
 
 from __future__ import annotations

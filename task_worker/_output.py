@@ -26,8 +26,8 @@ Stream text costs amortised O(characters written): a write appends its text to
 a list (O(1) under a lock), a flush joins the new pieces once, and what is kept
 is capped at ``MAX_STREAM_CHARS`` per stream item (a flood is cut while it is
 still buffered, so a starved loop never meets an unbounded backlog either). A
-flush therefore copies at most about ``2 * MAX_STREAM_CHARS`` plus the new text,
-and holds the loop for a few milliseconds at most. What was cut is said in the
+flush therefore copies at most about ``2 * MAX_STREAM_CHARS`` plus the new text:
+about 1 ms on the loop for a full area, sending the widget state included. What was cut is said in the
 output area itself: its first line reads ``[... N earlier lines (M characters)
 trimmed ...]``; items beyond ``MAX_ITEMS`` are dropped the same way, with a
 line that counts them.
@@ -233,7 +233,8 @@ class TaskOutput:
     @property
     def copied_chars(self) -> int:
         """Characters of stream text copied into new strings so far, by writes and
-        flushes (a cost measure: amortised linear in what was written)."""
+        flushes: a cost measure, a few per character written plus at most about
+        ``2 * MAX_STREAM_CHARS`` per flush."""
         with self._lock:
             pending = sum(v[1].copied for k, v in self._pending if k == "stream")
         tail = self._tail.text.copied if self._tail is not None else 0
