@@ -116,7 +116,7 @@ def test_input_in_a_normal_cell_still_asks_the_frontend(kernel: KernelSession) -
         request = kernel.kc.get_stdin_msg(timeout=30)
         assert request["content"]["password"] is password
         kernel.kc.input("typed")
-        kernel.wait_for(lambda m=msg_id: any(  # type: ignore[misc]
+        kernel.wait_for(lambda m=msg_id: any(
             x["parent_header"].get("msg_id") == m and x["msg_type"] == "status"
             and x["content"]["execution_state"] == "idle" for x in kernel.log), what="the cell's idle")
     assert kernel.execute("print(fg_answer, fg_secret)").stdout.strip() == "typed typed"
