@@ -128,26 +128,27 @@ class CappedText:
             return
         excess = self.size - MAX_STREAM_CHARS
         start = 0
+        last_cut = "\n"  # the last character cut so far ("\n": we are at a line start)
         while excess > 0 and len(parts[start]) <= excess:  # whole pieces first: no copy
             piece = parts[start]
             self._drop(piece, len(piece))
             excess -= len(piece)
             start += 1
-        if excess > 0:  # then the head of the first piece left, up to a line start if close
-            first = parts[start]
-            cut = excess
-            if first[cut - 1] != "\n":
-                newline = first.find("\n", cut, cut + LINE_ALIGN)
-                if newline != -1:
-                    cut = newline + 1
-            self._drop(first, cut)
-            rest = first[cut:]
-            self.copied += len(rest)
-            parts = [rest, *parts[start + 1:]]
-        else:
-            parts = parts[start:]
-        text = parts[0] if len(parts) == 1 else "".join(parts)
-        if len(parts) > 1:
+            last_cut = piece[-1:] or last_cut
+        rest = parts[start:]
+        text = rest[0] if len(rest) == 1 else "".join(rest)
+        if len(rest) > 1:
+            self.copied += len(text)
+        cut = max(excess, 0)
+        if cut:
+            last_cut = text[cut - 1]
+        if last_cut != "\n":  # cut inside a line: start at the next line if it is close
+            newline = text.find("\n", cut, cut + LINE_ALIGN)
+            if newline != -1 and newline + 1 < len(text):
+                cut = newline + 1
+        if cut:
+            self._drop(text, cut)
+            text = text[cut:]
             self.copied += len(text)
         self.parts = [text] if text else []
         self.size = len(text)

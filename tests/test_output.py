@@ -144,6 +144,27 @@ async def test_long_output_is_trimmed_from_a_line_start_and_says_how_much(
     assert notice.startswith(f"[... 40 earlier lines ({len(full) + 150} characters) trimmed")
 
 
+@pytest.mark.parametrize("cap", [50, 51, 52, 53, 97, 100, 1_000])
+def test_a_cut_starts_at_a_line_start_whatever_the_pieces(monkeypatch: pytest.MonkeyPatch, cap: int) -> None:
+    # print() writes the text and the newline separately: a cut can fall between
+    # them or inside either, and the pieces are joined at different moments.
+    monkeypatch.setattr(_output, "MAX_STREAM_CHARS", cap)
+    for every in (1, 7, 100):
+        text = _output.CappedText()
+        full = []
+        for i in range(3_000):
+            for piece in (str(i), "\n"):
+                text.append(piece)
+                full.append(piece)
+            if i % every == 0:
+                text.value()  # joined at this point, as a flush does
+        kept, whole = text.value(), "".join(full)
+        assert whole.endswith(kept) and kept.startswith(str(3_000 - kept.count("\n")))
+        assert whole[len(whole) - len(kept) - 1] == "\n" and len(kept) <= cap
+        assert (text.dropped_chars, text.dropped_lines) == (
+            len(whole) - len(kept), whole[:len(whole) - len(kept)].count("\n"))
+
+
 async def test_items_beyond_the_limit_are_dropped_with_a_line_that_counts_them(
         sink: TaskOutput, widget: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_output, "MAX_ITEMS", 3)
