@@ -1,11 +1,12 @@
 """``%load_ext task_worker`` / ``%unload_ext task_worker``: install and remove the extension.
 
 Loading registers ``TaskMagics``, installs the output routing (in a kernel),
+the ``input()`` guard and the tqdm bridge (``_output.guard_input``, ``_tqdm``),
 creates the session worker (started on the running loop, or on IPython's asyncio
 loop in the terminal) and checks the environment once: nest_asyncio applied, or
 a terminal whose loop does not run between cells. Unloading undoes all of it:
-the worker is stopped (bounded), streams and ``display_pub`` are restored, the
-magics are unregistered and every widget the extension made is closed.
+the worker is stopped (bounded), streams, ``display_pub``, ``input()`` and tqdm
+are restored, the magics are unregistered and every widget the extension made is closed.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _session
 from ._magics import TaskMagics
-from ._output import OutputCapture
+from ._output import OutputCapture, guard_input
 
 #: Seconds ``unload`` lets running tasks unwind (after being cancelled) before abandoning them.
 STOP_TIMEOUT = 0.0
@@ -66,6 +68,8 @@ class _Loaded:
     magics: TaskMagics
     capture: OutputCapture | None
     warned: set[str] = field(default_factory=set)
+    #: Undo functions of the other hooks (input() guard, tqdm bridge), last first.
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
     def check_environment(self) -> None:
         """Warn (once each) about nest_asyncio and a terminal loop that does not run."""
@@ -117,6 +121,7 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
     if capture is not None:
         capture.install()
     try:
+        _install_hooks(state)
         ip.register_magics(magics)
         magics._worker()  # create and start the session worker
     except BaseException:
@@ -160,10 +165,22 @@ def _stop_done(fut: asyncio.Future[None]) -> None:
                                                exc_info=fut.exception())
 
 
+def _install_hooks(state: _Loaded) -> None:
+    # input()/getpass() refused in tasks; tqdm bars in tasks drive their progress.
+    state.undo.append(guard_input(state.shell))
+    try:
+        from ._tqdm import drive_task_progress
+    except ImportError:  # tqdm is not installed: nothing to drive
+        return
+    state.undo.append(drive_task_progress())
+
+
 def _undo(state: _Loaded) -> None:
     state.magics.close_widgets()
     if state.capture is not None:
         state.capture.uninstall()
+    while state.undo:
+        state.undo.pop()()
     _unregister_magics(state.shell, state.magics)
 
 

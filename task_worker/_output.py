@@ -10,6 +10,9 @@ from background code (see the facts file). So the kernel side routes instead:
 * ``shell.display_pub.publish`` (and ``clear_output``) are wrapped the same way,
   so ``display()`` from a task reaches the task's area.
 
+``input()`` and ``getpass.getpass()`` inside a task raise ``TaskInputError`` at
+once (``guard_input``): a task has no cell waiting for an answer.
+
 The ContextVar is set in a copy of the submitting cell's context right before
 ``add_task_nowait``, which copies that context into the task (and the core copies
 it again into a thread body). Code the task starts with ``asyncio.create_task``
@@ -18,28 +21,160 @@ or ``asyncio.to_thread`` inherits it; a bare ``threading.Thread`` does not.
 A ``TaskOutput`` buffers writes from any thread and applies them to its
 ``ipywidgets.Output`` on the loop's thread, at most one ``outputs`` change per
 ``interval``: one comm message per batch, never one per ``print``.
+
+Stream text costs amortised O(characters written): a write appends its text to
+a list (O(1) under a lock), a flush joins the new pieces once, and what is kept
+is capped at ``MAX_STREAM_CHARS`` per stream item (a flood is cut while it is
+still buffered, so a starved loop never meets an unbounded backlog either). A
+flush therefore copies at most about ``2 * MAX_STREAM_CHARS`` plus the new text:
+about 1 ms on the loop for a full area, sending the widget state included. What was cut is said in the
+output area itself: its first line reads ``[... N earlier lines (M characters)
+trimmed ...]``; items beyond ``MAX_ITEMS`` are dropped the same way, with a
+line that counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextvars
+import functools
+import getpass
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO, TypeVar
+
+from ._progress import current_record
 
 T = TypeVar("T")
 
 _current: contextvars.ContextVar[TaskOutput | None] = contextvars.ContextVar(
     "task_worker_output", default=None)
 
-#: Characters of stream text kept per output area; older text is cut (the widget
+#: Characters of stream text kept per stream item; older text is cut (the widget
 #: state is resent whole on every change, so it must stay bounded).
 MAX_STREAM_CHARS = 200_000
 #: Output items (streams, displays, errors) kept per output area.
 MAX_ITEMS = 500
-_TRIMMED = "[... earlier output trimmed ...]\n"
+#: A cut moves to the next line start when one is this close, so the first kept line is whole.
+LINE_ALIGN = 1_000
+
+
+def trimmed_notice(chars: int, lines: int) -> str:
+    """The line that replaces ``chars`` characters (``lines`` lines) cut from a stream."""
+    what = f"{lines:,} earlier lines ({chars:,} characters)" if lines else f"{chars:,} earlier characters"
+    return f"[... {what} trimmed: this output area keeps the last {MAX_STREAM_CHARS:,} characters ...]\n"
+
+
+def items_notice(count: int) -> str:
+    """The line that stands for ``count`` output items dropped from the start."""
+    return f"[... {count:,} earlier outputs trimmed: this output area keeps the last {MAX_ITEMS:,} ...]\n"
+
+
+class CappedText:
+    """The last ``MAX_STREAM_CHARS`` characters of a stream, kept in amortised
+    O(1) per character written.
+
+    ``append`` only adds a piece to a list; pieces are joined when the text is
+    read (``value``) or when they reach twice the cap (then the oldest part is
+    cut). ``copied`` counts the characters copied into new strings, the cost
+    measure the tests check.
+    """
+
+    __slots__ = ("copied", "dropped_chars", "dropped_lines", "parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped_chars = 0
+        self.dropped_lines = 0
+        self.copied = 0
+
+    def append(self, text: str) -> None:
+        """Add ``text`` at the end (cutting the start once far over the cap)."""
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > 2 * MAX_STREAM_CHARS:
+            self._compact()
+
+    def extend(self, other: CappedText) -> None:
+        """Add everything ``other`` holds (and what it already cut) at the end."""
+        self.dropped_chars += other.dropped_chars
+        self.dropped_lines += other.dropped_lines
+        self.copied += other.copied
+        self.parts.extend(other.parts)
+        self.size += other.size
+        if self.size > 2 * MAX_STREAM_CHARS:
+            self._compact()
+
+    def value(self) -> str:
+        """The kept text: at most ``MAX_STREAM_CHARS`` characters."""
+        self._compact()
+        return self.parts[0] if self.parts else ""
+
+    def shown(self) -> str:
+        """The kept text, after a notice line when something was cut."""
+        text = self.value()
+        if not self.dropped_chars:
+            return text
+        shown = trimmed_notice(self.dropped_chars, self.dropped_lines) + text
+        self.copied += len(shown)
+        return shown
+
+    def _compact(self) -> None:
+        parts = self.parts
+        if len(parts) <= 1 and self.size <= MAX_STREAM_CHARS:
+            return
+        excess = self.size - MAX_STREAM_CHARS
+        start = 0
+        last_cut = "\n"  # the last character cut so far ("\n": we are at a line start)
+        while excess > 0 and len(parts[start]) <= excess:  # whole pieces first: no copy
+            piece = parts[start]
+            self._drop(piece, len(piece))
+            excess -= len(piece)
+            start += 1
+            last_cut = piece[-1:] or last_cut
+        rest = parts[start:]
+        text = rest[0] if len(rest) == 1 else "".join(rest)
+        if len(rest) > 1:
+            self.copied += len(text)
+        cut = max(excess, 0)
+        if cut:
+            last_cut = text[cut - 1]
+        if last_cut != "\n":  # cut inside a line: start at the next line if it is close
+            newline = text.find("\n", cut, cut + LINE_ALIGN)
+            if newline != -1 and newline + 1 < len(text):
+                cut = newline + 1
+        if cut:
+            self._drop(text, cut)
+            text = text[cut:]
+            self.copied += len(text)
+        self.parts = [text] if text else []
+        self.size = len(text)
+
+    def _drop(self, piece: str, end: int) -> None:
+        self.dropped_chars += end
+        self.dropped_lines += piece.count("\n", 0, end)
+
+
+class _StreamItem:
+    """The stream item at the end of the output area that writes to ``name`` extend."""
+
+    __slots__ = ("dirty", "item", "name", "text")
+
+    def __init__(self, name: str, text: CappedText) -> None:
+        self.name = name
+        self.text = text
+        #: The dict in ``widget.outputs`` (a placeholder until rendered).
+        self.item: dict[str, Any] = {"output_type": "stream", "name": name, "text": ""}
+        self.dirty = True
+
+    def render(self) -> dict[str, Any]:
+        """A new item with the current text (the widget's trait needs a new value)."""
+        self.item = {"output_type": "stream", "name": self.name, "text": self.text.shown()}
+        self.dirty = False
+        return self.item
 
 
 def current_output() -> TaskOutput | None:
@@ -88,6 +223,23 @@ class TaskOutput:
         self._ids: list[str | None] = []
         # clear_output(wait=True) seen: clear when the next output arrives (maybe in a later batch).
         self._clear_wait = False
+        # The stream item at the end of widget.outputs that new stream text extends.
+        self._tail: _StreamItem | None = None
+        # Items dropped from the start (MAX_ITEMS), and the notice item standing for them.
+        self._items_dropped = 0
+        self._notice: dict[str, Any] | None = None
+        # Characters copied by stream items already replaced (see ``copied_chars``).
+        self._copied_done = 0
+
+    @property
+    def copied_chars(self) -> int:
+        """Characters of stream text copied into new strings so far, by writes and
+        flushes: a cost measure, a few per character written plus at most about
+        ``2 * MAX_STREAM_CHARS`` per flush."""
+        with self._lock:
+            pending = sum(v[1].copied for k, v in self._pending if k == "stream")
+        tail = self._tail.text.copied if self._tail is not None else 0
+        return self._copied_done + tail + pending
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._ids)} items"
@@ -95,9 +247,25 @@ class TaskOutput:
 
     # ------------------------------------------------------------ any thread
     def write(self, name: str, text: str) -> None:
-        """Append ``text`` to the ``name`` stream (``"stdout"`` or ``"stderr"``)."""
-        if text:
-            self._push("stream", (name, text))
+        """Append ``text`` to the ``name`` stream (``"stdout"`` or ``"stderr"``).
+
+        O(1) amortised: consecutive writes to one stream share one buffer, which
+        is joined on the loop at the next flush (and cut to the cap meanwhile).
+        """
+        if not text or self.closed:
+            return
+        with self._lock:
+            pending = self._pending
+            if pending and pending[-1][0] == "stream" and pending[-1][1][0] == name:
+                pending[-1][1][1].append(text)
+                return  # already scheduled: the first write of the batch did it
+            buffer = CappedText()
+            buffer.append(text)
+            pending.append(("stream", (name, buffer)))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._wake()
 
     def display(self, data: Mapping[str, Any], metadata: Mapping[str, Any] | None = None, *,
                 transient: Mapping[str, Any] | None = None, update: bool = False) -> None:
@@ -124,6 +292,9 @@ class TaskOutput:
             if self._scheduled:
                 return
             self._scheduled = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             if _on_loop_thread(self.loop):
                 self._schedule()
@@ -149,27 +320,28 @@ class TaskOutput:
             return
         outputs = list(self.widget.outputs)
         ids = self._ids
-        if len(ids) != len(outputs):  # someone else changed the widget: forget display ids
+        if len(ids) != len(outputs):  # someone else changed the widget: forget what we knew
             ids = [None] * len(outputs)
+            self._retire_tail()
+            self._notice = None
+        if self._notice is not None and outputs and outputs[0] is self._notice:
+            outputs, ids = outputs[1:], ids[1:]  # put back, recounted, at the end
         clear_wait = self._clear_wait
         for kind, value in pending:
             if kind == "clear":
                 if value:
                     clear_wait = True
                 else:
-                    outputs, ids = [], []
+                    outputs, ids = self._cleared()
                 continue
             if clear_wait:
-                outputs, ids, clear_wait = [], [], False
+                outputs, ids = self._cleared()
+                clear_wait = False
             if kind == "stream":
-                name, text = value
-                last = outputs[-1] if outputs else None
-                if last is not None and last.get("output_type") == "stream" and last.get("name") == name:
-                    outputs[-1] = {**last, "text": _cap(last["text"] + text)}
-                else:
-                    outputs.append({"output_type": "stream", "name": name, "text": _cap(text)})
-                    ids.append(None)
-            elif kind == "update":
+                self._write_stream(outputs, ids, *value)
+                continue
+            self._settle(outputs)
+            if kind == "update":
                 item, display_id = value
                 for i, known in enumerate(ids):
                     if known == display_id:
@@ -178,11 +350,64 @@ class TaskOutput:
                 item, display_id = value
                 outputs.append(item)
                 ids.append(display_id)
+        self._settle(outputs, keep=True)
         if len(outputs) > MAX_ITEMS:
-            outputs, ids = outputs[-MAX_ITEMS:], ids[-MAX_ITEMS:]
+            over = len(outputs) - MAX_ITEMS
+            self._items_dropped += over
+            outputs, ids = outputs[over:], ids[over:]
+        self._notice = None
+        if self._items_dropped:
+            self._notice = {"output_type": "stream", "name": "stdout",
+                            "text": items_notice(self._items_dropped)}
+            outputs.insert(0, self._notice)
+            ids.insert(0, None)
         self._ids = ids
         self._clear_wait = clear_wait
         self.widget.outputs = tuple(outputs)
+
+    def _write_stream(self, outputs: list[Any], ids: list[str | None], name: str,
+                      text: CappedText) -> None:
+        tail = self._tail
+        if tail is not None and tail.name == name and outputs and outputs[-1] is tail.item:
+            tail.text.extend(text)  # the common case: more text for the last item
+            tail.dirty = True
+            return
+        self._settle(outputs)
+        last = outputs[-1] if outputs else None
+        if last is not None and last.get("output_type") == "stream" and last.get("name") == name:
+            # A stream item we did not make: continue its text.
+            head = CappedText()
+            head.append(str(last.get("text", "")))
+            head.extend(text)
+            text = head
+        else:
+            outputs.append(None)
+            ids.append(None)
+        tail = self._tail = _StreamItem(name, text)
+        outputs[-1] = tail.item  # a placeholder, rendered by ``_settle``
+
+    def _settle(self, outputs: list[Any], *, keep: bool = False) -> None:
+        """Render the tracked stream item if new text reached it, and stop tracking
+        it unless ``keep`` (more output comes after it)."""
+        tail = self._tail
+        if tail is None:
+            return
+        if outputs and outputs[-1] is tail.item:
+            if tail.dirty:
+                outputs[-1] = tail.render()
+            if keep:
+                return
+        self._retire_tail()
+
+    def _retire_tail(self) -> None:
+        if self._tail is not None:
+            self._copied_done += self._tail.text.copied
+            self._tail = None
+
+    def _cleared(self) -> tuple[list[Any], list[str | None]]:
+        self._retire_tail()
+        self._items_dropped = 0
+        return [], []
 
     def close(self) -> None:
         """Stop accepting output; what is still buffered is dropped."""
@@ -192,12 +417,6 @@ class TaskOutput:
             self._handle = None
         with self._lock:
             self._pending.clear()
-
-
-def _cap(text: str) -> str:
-    if len(text) <= MAX_STREAM_CHARS:
-        return text
-    return _TRIMMED + text[len(text) - MAX_STREAM_CHARS:]
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -331,5 +550,74 @@ def _wrap_clear_output(original: Callable[..., Any]) -> Callable[..., Any]:
     return clear_output
 
 
-__all__ = ["MAX_ITEMS", "MAX_STREAM_CHARS", "OutputCapture", "StreamProxy", "TaskOutput",
-           "current_output", "run_routed"]
+INPUT_REFUSED = (
+    "{what} cannot read from the keyboard inside a task: a task runs in the background, with no "
+    "cell waiting for an answer. Ask for the value in a normal cell before starting the task and "
+    "use it in the task, or let the task read it from a widget (e.g. ipywidgets.Text)."
+)
+
+
+class TaskInputError(EOFError):
+    """``input()`` or ``getpass.getpass()`` was called inside a task.
+
+    An ``EOFError`` (what ``input()`` raises when there is no input), so code that
+    treats end of input as "no answer" keeps working.
+    """
+
+
+def guard_input(shell: Any) -> Callable[[], None]:
+    """Make ``input()`` and ``getpass.getpass()`` raise ``TaskInputError`` inside
+    tasks (unchanged elsewhere); returns the function that undoes it exactly.
+
+    ipykernel sets ``builtins.input`` / ``getpass.getpass`` to the kernel's
+    ``raw_input`` / ``getpass`` for each cell and afterwards puts back what it
+    saved (``_sys_raw_input`` / ``_save_getpass``), so all of these are wrapped:
+    a task is refused during a cell and between cells alike.
+    """
+    active = True
+    targets: list[tuple[Any, str, str]] = [(builtins, "input", "input()"),
+                                           (getpass, "getpass", "getpass()")]
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None:
+        targets += [(kernel, "raw_input", "input()"), (kernel, "getpass", "getpass()"),
+                    (kernel, "_sys_raw_input", "input()"), (kernel, "_save_getpass", "getpass()")]
+
+    def wrap(func: Callable[..., Any], what: str) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def refuse_in_task(*args: Any, **kwargs: Any) -> Any:
+            if active and current_record.get() is not None:
+                raise TaskInputError(INPUT_REFUSED.format(what=what))
+            return func(*args, **kwargs)
+
+        refuse_in_task.__task_worker_guard__ = undo  # type: ignore[attr-defined]
+        return refuse_in_task
+
+    def ours(func: Any) -> bool:
+        return getattr(func, "__task_worker_guard__", None) is undo
+
+    def undo() -> None:
+        nonlocal active
+        if not active:
+            return
+        active = False  # wrappers still referenced somewhere pass through from now on
+        for obj, attr, _ in targets:
+            value: Any = getattr(obj, attr, None)
+            if not ours(value):
+                continue  # replaced after us: leave it
+            while ours(value):
+                value = value.__wrapped__
+            if obj is kernel and attr in ("raw_input", "getpass"):
+                vars(obj).pop(attr, None)  # the class's method again
+            else:
+                setattr(obj, attr, value)
+
+    for obj, attr, what in targets:
+        value = getattr(obj, attr, None)
+        if callable(value) and not ours(value):
+            setattr(obj, attr, wrap(value, what))
+    return undo
+
+
+__all__ = ["INPUT_REFUSED", "MAX_ITEMS", "MAX_STREAM_CHARS", "CappedText", "OutputCapture", "StreamProxy",
+           "TaskInputError", "TaskOutput", "current_output", "guard_input", "items_notice", "run_routed",
+           "trimmed_notice"]
