@@ -178,3 +178,46 @@ def test_nest_asyncio_is_warned_about_and_tasks_still_run(kernel: KernelSession)
     # Warned once per load, not on every cell.
     again = kernel.execute("%%task -n after_nest2\n1")
     assert "nest_asyncio" not in again.stderr
+
+
+def test_rerun_named_cell_targets_the_new_run_everywhere(kernel: KernelSession) -> None:
+    first = kernel.execute("%%task -n rerun\n'first run'")
+    kernel.execute("await task_worker.wait('rerun', timeout=10)")
+    second = kernel.execute("%%task -n rerun\nawait asyncio.sleep(60)\n'second run'")
+    first_view, _ = _view(kernel, first)
+    second_view, _ = _view(kernel, second)
+    new_id = kernel.models[second_view]["task_id"]
+    assert kernel.models[first_view]["task_id"] == "rerun" and new_id != "rerun"
+    r = kernel.execute("%task result rerun")
+    assert "is pending" in r.stdout or "is running" in r.stdout  # not 'first run'
+    r = kernel.execute("%task cancel rerun")
+    assert f"cancelled 1 task(s): {new_id}" in r.stdout
+    r = kernel.execute(
+        "try:\n"
+        "    await task_worker.wait('rerun', timeout=10)\n"
+        "except asyncio.CancelledError:\n"
+        "    print('CANCELLED')\n")
+    assert r.stdout.strip() == "CANCELLED"
+    kernel.wait_for(lambda: kernel.row_status(second_view, new_id) == "cancelled",
+                    what="the new run's view to show it cancelled")
+
+
+def test_concurrent_for_loops_keep_their_own_loop_variable(kernel: KernelSession) -> None:
+    # The same loop variable in two coroutine bodies and in two thread bodies at once.
+    for name, start, pause in (("co_a", 0, "await asyncio.sleep(0.005)"),
+                               ("co_b", 100, "await asyncio.sleep(0.005)"),
+                               ("th_a", 200, "time.sleep(0.005)"),
+                               ("th_b", 300, "time.sleep(0.005)")):
+        kernel.execute(
+            f"%%task -n {name}\n"
+            f"seen_{name} = []\n"
+            f"for i in range({start}, {start} + 40):\n"
+            f"    {pause}\n"
+            f"    seen_{name}.append(i)\n")
+    r = kernel.execute(
+        "for n in ('co_a', 'co_b', 'th_a', 'th_b'):\n"
+        "    await task_worker.wait(n, timeout=30)\n"
+        "print([seen_co_a == list(range(0, 40)), seen_co_b == list(range(100, 140)),\n"
+        "       seen_th_a == list(range(200, 240)), seen_th_b == list(range(300, 340))])\n"
+        "print(i in (39, 139, 239, 339))")
+    assert r.stdout.split() == ["[True,", "True,", "True,", "True]", "True"]
