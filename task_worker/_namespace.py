@@ -10,19 +10,22 @@ operations through it instead of the fast exact-dict paths:
   (another cell can watch a growing ``results`` list).
 - ``LOAD_NAME``, and ``LOAD_GLOBAL`` in functions defined in the body (their
   ``__globals__`` is this namespace), call ``__missing__`` for names the body
-  has not assigned: the notebook's namespace, live.
+  has not assigned: the builtins the notebook does not shadow, then the
+  notebook's namespace, live (a ``TaskBuiltins`` dict whose ``__missing__`` is
+  the notebook's).
 - Class bodies look globals up with the exact-dict API (no ``__missing__``);
-  they fall through to ``__builtins__``, which is a dict of the builtins whose
-  own ``__missing__`` is the notebook's namespace too.
+  they fall through to ``__builtins__``, which is that same ``TaskBuiltins``.
 - ``STORE_GLOBAL`` (``global x`` in a nested function) and ``globals().update()``
   bypass ``__setitem__``; ``finish()`` copies what they changed when the body
   ends. ``%%task`` refuses ``global`` in nested scopes (see ``_magics``) because
   such a function, called after the task ended, would write here unseen.
 
-Both ``__missing__`` methods are the notebook dict's own bound ``__getitem__``
-(a C function, not a descriptor, so CPython calls it with the key alone): a
-lookup that falls through costs no Python frame. That needs one small class per
-namespace, made by ``task_namespace``.
+Both ``__missing__`` methods are bound ``__getitem__`` methods of dicts (C
+functions, not descriptors, so CPython calls them with the key alone): a lookup
+that falls through costs no Python frame and, for a builtin, no exception. That
+needs two small classes per namespace, made by ``task_namespace``. The price: a
+builtin the notebook starts or stops shadowing while the body runs is not
+noticed (the copy is taken when the cell runs).
 """
 
 from __future__ import annotations
@@ -48,22 +51,28 @@ class TaskNamespace(dict):  # type: ignore[type-arg]
     defined read and assign the notebook's names, as a normal cell's functions do.
     """
 
-    __slots__ = ("_detached", "_mirrored", "_user")
+    __slots__ = ("_detached", "_mirrored", "_plain", "_user")
 
     _user: dict[str, Any]
     #: name -> the value last mirrored into ``_user`` (to tell later changes apart).
     _mirrored: dict[str, Any]
     _detached: bool
+    #: Names already mirrored once (not dunders): the fast path of ``__setitem__``.
+    _plain: set[str]
 
-    def __setitem__(self, name: str, value: Any) -> None:
-        if is_dunder(name):
-            dict.__setitem__(self, name, value)
-        elif self._detached:
-            self._user[name] = value
-        else:
-            dict.__setitem__(self, name, value)
+    def __setitem__(self, name: str, value: Any, _set: Any = dict.__setitem__) -> None:
+        # The hot path of every assignment at the top level of a body: kept short.
+        _set(self, name, value)
+        if name in self._plain:
             self._user[name] = value
             self._mirrored[name] = value
+        elif not is_dunder(name):
+            if self._detached:
+                dict.pop(self, name, None)
+            else:
+                self._plain.add(name)
+                self._mirrored[name] = value
+            self._user[name] = value
 
     def __delitem__(self, name: str) -> None:
         found = dict.pop(self, name, _MISSING) is not _MISSING
@@ -101,6 +110,7 @@ class TaskNamespace(dict):  # type: ignore[type-arg]
             if mirrored.get(name, _MISSING) is not value:
                 user[name] = value
         self._detached = True
+        self._plain.clear()  # from now on assignments go to the notebook only
         for name, _ in own:
             dict.pop(self, name, None)
         mirrored.clear()
@@ -113,21 +123,24 @@ class TaskNamespace(dict):  # type: ignore[type-arg]
 def task_namespace(user_ns: dict[str, Any]) -> TaskNamespace:
     """A fresh namespace for one body, reading through to ``user_ns``.
 
-    Its ``__builtins__`` is a copy of the notebook's builtins (taken now: in a
-    cell, IPython's ``get_ipython`` is among them) without the names the notebook
-    shadows, falling back to ``user_ns`` for class bodies.
+    Lookups the body's own names miss go to a copy of the notebook's builtins
+    (taken now: in a cell, IPython's ``get_ipython`` is among them) without the
+    names the notebook shadows now, then to ``user_ns``, live. That copy is also
+    the body's ``__builtins__``, so class bodies (which skip ``__missing__`` of
+    their globals) see the notebook's names too. Both steps are C lookups.
     """
-    lookup = user_ns.__getitem__
-    cls = type("TaskNamespace", (TaskNamespace,), {"__slots__": (), "__missing__": lookup})
+    source = user_ns.get("__builtins__", builtins)
+    source_dict: dict[str, Any] = source if isinstance(source, dict) else vars(source)
+    builtins_cls = type("TaskBuiltins", (dict,), {"__slots__": (), "__missing__": user_ns.__getitem__})
+    own_builtins = builtins_cls(
+        (k, v) for k, v in source_dict.items() if is_dunder(k) or k not in user_ns)
+    cls = type("TaskNamespace", (TaskNamespace,),
+               {"__slots__": (), "__missing__": own_builtins.__getitem__})
     ns: TaskNamespace = cls()
     ns._user = user_ns
     ns._mirrored = {}
     ns._detached = False
-    source = user_ns.get("__builtins__", builtins)
-    source_dict: dict[str, Any] = source if isinstance(source, dict) else vars(source)
-    builtins_cls = type("TaskBuiltins", (dict,), {"__slots__": (), "__missing__": lookup})
-    own_builtins = builtins_cls(
-        (k, v) for k, v in source_dict.items() if is_dunder(k) or k not in user_ns)
+    ns._plain = set()
     for name, value in user_ns.items():
         if is_dunder(name) and name != "__builtins__":
             dict.__setitem__(ns, name, value)  # __name__ etc.: the module's identity

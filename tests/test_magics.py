@@ -676,3 +676,14 @@ def test_load_names_the_module_in_the_notebook_unless_taken_and_unload_removes_i
         assert ip.user_ns["task_worker"] == "rebound by the user"
     finally:
         ip.user_ns["task_worker"] = task_worker
+
+
+def test_dunder_names_stay_in_the_task_and_shadowed_builtins_come_from_the_notebook(ip: Any) -> None:
+    ip.user_ns["max"] = "the notebook's max"
+    try:
+        with extension(ip):
+            ip.run_cell_magic("task", "-n dunders", "__doc__ = 'task doc'\n(max, min([2, 1]), __doc__)")
+            assert finish("dunders").result == ("the notebook's max", 1, "task doc")
+        assert ip.user_ns.get("__doc__") != "task doc"
+    finally:
+        del ip.user_ns["max"]
