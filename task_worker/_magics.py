@@ -203,8 +203,8 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
 @argument("-p", "--priority", type=int, default=0,
           help="Lower runs first (default 0).")  # type: ignore[untyped-decorator]
 @argument("-n", "--name", default=None,
-          help="The task's name. %%task, task_worker.wait and the views take a name to mean "
-               "the newest task with that name (a re-run cell means its new run).")  # type: ignore[untyped-decorator]
+          help="The task's name. %%task cancel/result and task_worker.wait take a name to mean "
+               "the newest task with that name (after a re-run, the new run).")  # type: ignore[untyped-decorator]
 @argument("-t", "--timeout", type=float, default=None, metavar="SECONDS",
           help="Stop the task after this many seconds (it ends failed with TimeoutError).")  # type: ignore[untyped-decorator]
 @argument("-o", "--out", default=None, metavar="VAR",
@@ -218,8 +218,9 @@ def _cell_options() -> None:
 
     The cell returns at once and shows the task's view: status, progress,
     elapsed time, a Cancel button and the task's own output area. Names the
-    body assigns land in the user namespace; the value of a final expression is
-    the task's result. Inside the body, ``task_worker.report_progress(x)`` and
+    body assigns are its own (another task cannot change them) and reach the
+    user namespace as they are assigned; the value of a final expression is the
+    task's result. Inside the body, ``task_worker.report_progress(x)`` and
     ``task_worker.tqdm`` drive the progress bar. Get the result later with
     ``await task_worker.wait(NAME)`` or ``%task result NAME``.
     """
