@@ -221,3 +221,21 @@ def test_concurrent_for_loops_keep_their_own_loop_variable(kernel: KernelSession
         "       seen_th_a == list(range(200, 240)), seen_th_b == list(range(300, 340))])\n"
         "print(i in (39, 139, 239, 339))")
     assert r.stdout.split() == ["[True,", "True,", "True,", "True]", "True"]
+
+
+def test_another_cell_sees_the_names_a_running_body_assigns(kernel: KernelSession) -> None:
+    kernel.execute("peek_reached = threading.Event()\npeek_gate = threading.Event()")
+    kernel.execute(
+        "%%task -n peeked\n"
+        "peeked_list = []\n"
+        "for peek_step in range(3):\n"
+        "    peeked_list.append(peek_step)\n"
+        "    if peek_step == 1:\n"
+        "        peek_reached.set()\n"
+        "        peek_gate.wait()\n")
+    r = kernel.execute("assert await asyncio.to_thread(peek_reached.wait, 20)\n"
+                       "print(peeked_list, peek_step)")
+    assert r.stdout.strip() == "[0, 1] 1"
+    r = kernel.execute("peek_gate.set()\nawait task_worker.wait('peeked', timeout=20)\n"
+                       "print(peeked_list, peek_step)")
+    assert r.stdout.strip() == "[0, 1, 2] 2"
