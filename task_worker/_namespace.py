@@ -41,7 +41,7 @@ def is_dunder(name: object) -> bool:
     return isinstance(name, str) and len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
-class TaskNamespace(dict):  # type: ignore[type-arg]
+class TaskNamespace(dict[str, Any]):
     """The globals of one ``%%task`` body (see the module docstring for the rules).
 
     Made by ``task_namespace(user_ns)``. While the body runs, names it assigns
@@ -99,9 +99,10 @@ class TaskNamespace(dict):  # type: ignore[type-arg]
 
     def finish(self) -> None:
         """The body ended: copy to the notebook the names whose value changed without
-        being mirrored (``global`` in a nested scope, ``globals().update()``), then
-        detach. A name whose mirrored value the notebook has since replaced keeps the
-        notebook's value. Safe to call twice."""
+        being mirrored (``globals().update()``, ``STORE_GLOBAL``, an assignment cut
+        short between its two stores by ``ThreadInterrupted``), then detach. A name
+        whose mirrored value the notebook has since replaced keeps the notebook's
+        value. Safe to call twice."""
         if self._detached:
             return
         user, mirrored = self._user, self._mirrored
