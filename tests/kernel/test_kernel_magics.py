@@ -239,3 +239,31 @@ def test_another_cell_sees_the_names_a_running_body_assigns(kernel: KernelSessio
     r = kernel.execute("peek_gate.set()\nawait task_worker.wait('peeked', timeout=20)\n"
                        "print(peeked_list, peek_step)")
     assert r.stdout.strip() == "[0, 1, 2] 2"
+
+
+def test_functions_classes_and_a_failing_body_keep_the_namespace_rules(kernel: KernelSession) -> None:
+    kernel.execute("kernel_base = 10")
+    kernel.execute(
+        "%%task -n kernel_defines\n"
+        "kernel_offset = 5\n"
+        "def kernel_shifted(x):\n"
+        "    return x + kernel_base + kernel_offset\n"
+        "class KernelBox:\n"
+        "    size = kernel_base\n"
+        "kernel_answer = kernel_shifted(KernelBox.size)\n"
+        "raise RuntimeError('after assigning')\n")
+    r = kernel.execute(
+        "try:\n"
+        "    await task_worker.wait('kernel_defines', timeout=20)\n"
+        "except RuntimeError:\n"
+        "    pass\n"
+        "kernel_base = 100\n"
+        "print(kernel_answer, kernel_shifted(1), KernelBox.__module__)")
+    assert r.stdout.strip() == "25 106 __main__"
+    r = kernel.execute(
+        "%%task -n refused_global\n"
+        "def bump():\n"
+        "    global kernel_count\n"
+        "    kernel_count = 1\n", allow_error=True)
+    assert r.status == "error" and r.reply["content"]["ename"] == "UsageError"
+    assert "global kernel_count" in r.reply["content"]["evalue"]
