@@ -687,3 +687,12 @@ def test_dunder_names_stay_in_the_task_and_shadowed_builtins_come_from_the_noteb
         assert ip.user_ns.get("__doc__") != "task doc"
     finally:
         del ip.user_ns["max"]
+
+
+def test_line_magics_and_shell_escapes_in_a_body_use_its_namespace(ip: Any) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", "-n magic_body", (
+            "factor = 3\n%time timed_value = factor * 2\nechoed = !echo hi\nechoed[0], timed_value"))
+        info = finish("magic_body")
+        assert info.status == "completed" and info.result == ("hi", 6)
+    assert ip.user_ns["timed_value"] == 6
