@@ -2,6 +2,7 @@
 
 Loading registers ``TaskMagics``, installs the output routing (in a kernel),
 the ``input()`` guard and the tqdm bridge (``_output.guard_input``, ``_tqdm``),
+names the ``task_worker`` module in the user namespace (unless the name is taken),
 creates the session worker (started on the running loop, or on IPython's asyncio
 loop in the terminal) and checks the environment once: nest_asyncio applied, or
 a terminal whose loop does not run between cells. Unloading undoes all of it:
@@ -70,6 +71,8 @@ class _Loaded:
     warned: set[str] = field(default_factory=set)
     #: Undo functions of the other hooks (input() guard, tqdm bridge), last first.
     undo: list[Callable[[], None]] = field(default_factory=list)
+    #: ``load`` put the ``task_worker`` module in the user namespace (the name was free).
+    named: bool = False
 
     def check_environment(self) -> None:
         """Warn (once each) about nest_asyncio and a terminal loop that does not run."""
@@ -128,6 +131,7 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
         _undo(state)
         raise
     _loaded[id(ip)] = state
+    state.named = _name_module(ip)
     state.check_environment()
 
 
@@ -175,7 +179,24 @@ def _install_hooks(state: _Loaded) -> None:
     state.undo.append(drive_task_progress())
 
 
+def _name_module(ip: Any) -> bool:
+    # README examples use `task_worker.report_progress(...)` and `await task_worker.wait(...)`
+    # right after `%load_ext task_worker`: give the notebook that name unless it is taken.
+    import task_worker
+
+    user_ns = ip.user_ns
+    if "task_worker" in user_ns:
+        return False
+    user_ns["task_worker"] = task_worker
+    return True
+
+
 def _undo(state: _Loaded) -> None:
+    if state.named:
+        import task_worker
+
+        if state.shell.user_ns.get("task_worker") is task_worker:  # still ours
+            del state.shell.user_ns["task_worker"]
     state.magics.close_widgets()
     if state.capture is not None:
         state.capture.uninstall()

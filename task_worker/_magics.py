@@ -32,6 +32,7 @@ from IPython.utils.text import dedent
 from . import _session
 from ._cellview import CellViews, user_traceback
 from ._info import TaskInfo
+from ._namespace import task_namespace
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._worker import AsyncTaskWorker
@@ -103,15 +104,21 @@ def _unquote(text: str) -> str:
 def compile_cell(shell: Any, cell: str) -> CellCode:
     """Compile ``cell`` as IPython would, allowing top-level ``await``.
 
+    A top-level ``global`` statement is dropped (it changes nothing in a cell, and
+    keeping it would bypass the task namespace's mirroring).
+
     Raises:
         SyntaxError: the cell is not valid Python (after IPython's transforms).
+        UsageError: the cell needs something a task body cannot keep the rules
+            for (``global`` inside a function or class defined in it).
     """
     source = shell.transform_cell(cell)
     filename = shell.compile.cache(source, cell_number(shell), raw_code=cell)
     # Future imports of earlier cells apply, as in a normal cell; this module's do not.
     flags = _COMPILE_FLAGS | (getattr(shell.compile, "flags", 0) & _FUTURE_FLAGS)
     whole = compile(source, filename, "exec", flags=flags, dont_inherit=True)
-    tree = ast.parse(source, filename)
+    tree = _TopLevelGlobals().visit(ast.parse(source, filename))
+    _refuse_nested_global(tree)
     nodes = tree.body
     last = None
     if nodes and isinstance(nodes[-1], ast.Expr):
@@ -129,24 +136,61 @@ def compile_cell(shell: Any, cell: str) -> CellCode:
     return CellCode(body, last, bool(whole.co_flags & inspect.CO_COROUTINE), filename, quiet)
 
 
-def make_runner(code: CellCode, ns: dict[str, Any], *, run_async: bool, name: str,
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+class _TopLevelGlobals(ast.NodeTransformer):
+    """Replace the body's own ``global`` statements (not those of nested scopes) by ``pass``."""
+
+    def visit_Global(self, node: ast.Global) -> ast.AST:
+        return ast.copy_location(ast.Pass(), node)
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, _SCOPES):
+            return node
+        return super().generic_visit(node)
+
+
+def _refuse_nested_global(tree: ast.Module) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):  # top-level ones are gone: this one is nested
+            raise UsageError(
+                f"%%task: line {node.lineno}: `global {', '.join(node.names)}` inside a function "
+                "or class defined in a task body is not supported: called after the task "
+                "ended, it would assign the task's namespace, not the notebook's. Define that "
+                "function in a normal cell, or return the value and assign it at the top level "
+                "of the body.")
+
+
+def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, name: str,
                 out: str | None) -> Callable[..., Any]:
     """The task function for a compiled cell: a coroutine function (runs on the loop)
-    or a plain one (runs in a worker thread), named ``name``."""
+    or a plain one (runs in a worker thread), named ``name``.
+
+    The body runs in its own ``TaskNamespace`` over ``user_ns`` (made now, in the
+    submitting cell), which is finished when the body ends, whatever the outcome.
+    """
+    ns = task_namespace(user_ns)
     runner: Callable[..., Any]
     if run_async:
         async def run_cell_async() -> Any:
-            value = await code.run_async(ns)
+            try:
+                value = await code.run_async(ns)
+            finally:
+                ns.finish()
             if out is not None:
-                ns[out] = value
+                user_ns[out] = value
             return value
 
         runner = run_cell_async
     else:
         def run_cell_in_thread() -> Any:
-            value = code.run_sync(ns)
+            try:
+                value = code.run_sync(ns)
+            finally:
+                ns.finish()
             if out is not None:
-                ns[out] = value
+                user_ns[out] = value
             return value
 
         runner = run_cell_in_thread
@@ -159,7 +203,8 @@ def make_runner(code: CellCode, ns: dict[str, Any], *, run_async: bool, name: st
 @argument("-p", "--priority", type=int, default=0,
           help="Lower runs first (default 0).")  # type: ignore[untyped-decorator]
 @argument("-n", "--name", default=None,
-          help="The task's name; also its id when no task has that id yet.")  # type: ignore[untyped-decorator]
+          help="The task's name. %%task cancel/result and task_worker.wait take a name to mean "
+               "the newest task with that name (after a re-run, the new run).")  # type: ignore[untyped-decorator]
 @argument("-t", "--timeout", type=float, default=None, metavar="SECONDS",
           help="Stop the task after this many seconds (it ends failed with TimeoutError).")  # type: ignore[untyped-decorator]
 @argument("-o", "--out", default=None, metavar="VAR",
@@ -173,8 +218,9 @@ def _cell_options() -> None:
 
     The cell returns at once and shows the task's view: status, progress,
     elapsed time, a Cancel button and the task's own output area. Names the
-    body assigns land in the user namespace; the value of a final expression is
-    the task's result. Inside the body, ``task_worker.report_progress(x)`` and
+    body assigns are its own (another task cannot change them) and reach the
+    user namespace as they are assigned; the value of a final expression is the
+    task's result. Inside the body, ``task_worker.report_progress(x)`` and
     ``task_worker.tqdm`` drive the progress bar. Get the result later with
     ``await task_worker.wait(NAME)`` or ``%task result NAME``.
     """

@@ -43,22 +43,28 @@ def peek_worker() -> AsyncTaskWorker | None:
 
 
 def resolve_task_id(name_or_id: str, worker: AsyncTaskWorker | None = None) -> str:
-    """Map a task id, or the name of the newest task with that name, to its id.
+    """The id of the newest task named ``name_or_id``, or, when no task has that
+    name, ``name_or_id`` itself if it is a task id.
+
+    Names come first so that a name always means the newest task with that name
+    (a re-run ``%%task -n crunch`` cell, whose first run kept ``crunch`` as its
+    id), and never a different task that merely has that id.
 
     Raises:
-        KeyError: no task has that id or name.
+        KeyError: no task has that name or id.
     """
     w = worker or get_worker()
-    if name_or_id in w:
-        return name_or_id
-    for info in w.get_all_tasks():
+    for info in w.get_all_tasks():  # newest first
         if info.name == name_or_id:
             return info.id
-    raise KeyError(f"no task with id or name {name_or_id!r}")
+    if name_or_id in w:
+        return name_or_id
+    raise KeyError(f"no task with name or id {name_or_id!r}")
 
 
 async def wait(name_or_id: str, timeout: float | None = None) -> Any:
-    """``await task_worker.wait("name")``: the result of a session task (by id or name).
+    """``await task_worker.wait("name")``: the result of a session task, by name (the
+    newest task with that name) or by id.
 
     Raises what ``AsyncTaskWorker.wait`` raises.
     """

@@ -473,3 +473,226 @@ def test_quoted_name_loses_its_quotes_and_unnamed_tasks_use_the_cell_number(ip: 
         info = finish(f"In[{result.execution_count}]")
         assert info.result == 42
         assert info.metadata["cell"] == result.execution_count
+
+
+# ------------------------------------------------- names mean the newest run
+def test_rerun_named_cell_means_the_new_run_for_result_wait_and_cancel(
+        ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    rerun_gate = ip.user_ns["rerun_gate"] = threading.Event()
+    with extension(ip):
+        worker = task_worker.get_worker()
+        ip.run_cell_magic("task", "-n crunch", "'first run'")
+        assert finish("crunch").result == "first run"
+        ip.run_cell_magic("task", "-n crunch", "rerun_gate.wait()\n'second run'")
+        second = worker.get_all_tasks()[0]
+        assert second.name == "crunch" and second.id != "crunch"  # the first run kept the id
+        assert _session.resolve_task_id("crunch", worker) == second.id
+        capsys.readouterr()
+        assert ip.run_line_magic("task", "result crunch") is None  # not the first run's value
+        assert "is pending" in capsys.readouterr().out or "is running" in capsys.readouterr().out
+        rerun_gate.set()
+        assert get_asyncio_loop().run_until_complete(task_worker.wait("crunch")) == "second run"
+
+        ip.run_cell_magic("task", "-n crunch", "await asyncio.sleep(60)")
+        third = worker.get_all_tasks()[0]
+        ip.run_line_magic("task", "cancel crunch")
+        assert f"cancelled 1 task(s): {third.id}" in capsys.readouterr().out
+        assert finish(third.id).status == "cancelled"
+        first = worker.get_task_info("crunch")
+        assert first is not None and first.result == "first run"  # untouched
+
+
+def test_a_name_never_resolves_to_another_tasks_id(ip: Any) -> None:
+    with extension(ip):
+        worker = task_worker.get_worker()
+
+        async def unrelated() -> str:
+            return "unrelated"
+
+        worker.add_task_nowait(unrelated, task_id="shadow")  # id "shadow", name "unrelated"
+        ip.run_cell_magic("task", "-n shadow", "'named shadow'")
+        named = worker.get_all_tasks()[0]
+        assert named.name == "shadow" and named.id != "shadow"
+        assert _session.resolve_task_id("shadow", worker) == named.id
+        assert ip.run_line_magic("task", "result shadow") is None  # pending: not "unrelated"
+        assert get_asyncio_loop().run_until_complete(task_worker.wait("shadow")) == "named shadow"
+        # An id still works when no task has that name.
+        assert _session.resolve_task_id(named.id, worker) == named.id
+        with pytest.raises(KeyError):
+            _session.resolve_task_id("nothing by that name", worker)
+
+
+# --------------------------------------------------- each body's namespace
+def test_two_concurrent_for_loops_keep_their_own_loop_variable(ip: Any) -> None:
+    ip.user_ns["seen_by_a"] = []
+    ip.user_ns["seen_by_b"] = []
+    with extension(ip):
+        ip.run_cell_magic("task", "-n loop_a",
+                          "for i in range(5):\n    await asyncio.sleep(0)\n    seen_by_a.append(i)\n")
+        ip.run_cell_magic("task", "-n loop_b",
+                          "for i in range(100, 105):\n    await asyncio.sleep(0)\n    seen_by_b.append(i)\n")
+        assert finish("loop_a").status == "completed" and finish("loop_b").status == "completed"
+    assert ip.user_ns["seen_by_a"] == [0, 1, 2, 3, 4]
+    assert ip.user_ns["seen_by_b"] == [100, 101, 102, 103, 104]
+    assert ip.user_ns["i"] in (4, 104)  # the loop variable reached the notebook
+
+
+def test_two_concurrent_thread_bodies_keep_their_own_names(ip: Any) -> None:
+    ip.user_ns["turn_a"] = threading.Event()
+    ip.user_ns["turn_b"] = threading.Event()
+    with extension(ip):
+        # Each assigns `mine`, then waits until the other has assigned it too.
+        ip.run_cell_magic("task", "-n thread_a",
+                          "mine = 'a'\nturn_b.set()\nturn_a.wait()\nkept_by_a = mine")
+        ip.run_cell_magic("task", "-n thread_b",
+                          "turn_b.wait()\nmine = 'b'\nturn_a.set()\nkept_by_b = mine")
+        finish("thread_a")
+        finish("thread_b")
+    assert (ip.user_ns["kept_by_a"], ip.user_ns["kept_by_b"]) == ("a", "b")
+    assert ip.user_ns["mine"] == "b"  # the last assignment reached the notebook
+
+
+def test_assigned_names_reach_the_notebook_while_the_body_runs(ip: Any) -> None:
+    halfway = ip.user_ns["halfway"] = threading.Event()
+    gate = ip.user_ns["gate"] = threading.Event()
+    with extension(ip):
+        ip.run_cell_magic("task", "-n grower", (
+            "growing = []\n"
+            "for step in range(3):\n"
+            "    growing.append(step)\n"
+            "    if step == 1:\n"
+            "        halfway.set()\n"
+            "        gate.wait()\n"))
+        run_until(halfway)
+        assert ip.user_ns["growing"] == [0, 1] and ip.user_ns["step"] == 1  # live
+        gate.set()
+        assert finish("grower").status == "completed"
+    assert ip.user_ns["growing"] == [0, 1, 2] and ip.user_ns["step"] == 2
+
+
+def test_reads_functions_and_classes_work_as_in_a_normal_cell(ip: Any) -> None:
+    ip.user_ns["base"] = 10
+    with extension(ip):
+        ip.run_cell_magic("task", "-n defines", (
+            "offset = 5\n"
+            "def shifted(x):\n"
+            "    return x + base + offset\n"
+            "class Box:\n"
+            "    size = base                 # a class body reads a notebook name\n"
+            "    def total(self):\n"
+            "        return shifted(self.size)\n"
+            "squares = [n * n for n in range(offset)]\n"
+            "from string import *           # star imports reach the notebook too\n"
+            "Box().total(), Box.__module__, len(squares)\n"))
+        assert finish("defines").result == (25, "__main__", 5)
+    assert ip.user_ns["ascii_lowercase"] == "abcdefghijklmnopqrstuvwxyz"
+    shifted = ip.user_ns["shifted"]
+    assert shifted(1) == 16
+    # Once the body ended, its functions see the notebook's current values, as a cell's do.
+    ip.user_ns["base"], ip.user_ns["offset"] = 100, 0
+    assert shifted(1) == 101
+    assert ip.user_ns["Box"]().total() == 110  # size was read when the class was made
+
+
+def test_names_reach_the_notebook_whatever_the_outcome(ip: Any) -> None:
+    for name in ("before_failure", "via_update", "before_cancel"):
+        ip.user_ns.pop(name, None)
+    with extension(ip):
+        ip.run_cell_magic("task", "-n fails",
+                          "before_failure = 1\nglobals().update(via_update=2)\n1 / 0")
+        assert finish("fails").status == "failed"
+        ip.run_cell_magic("task", "-n cancelled",
+                          "before_cancel = 3\nawait asyncio.sleep(60)")
+        ip.run_cell("await asyncio.sleep(0)")  # it starts
+        ip.run_line_magic("task", "cancel cancelled")
+        assert finish("cancelled").status == "cancelled"
+    assert (ip.user_ns["before_failure"], ip.user_ns["via_update"], ip.user_ns["before_cancel"]) == (1, 2, 3)
+
+
+def test_a_notebook_value_set_meanwhile_is_not_clobbered_at_the_end(ip: Any) -> None:
+    assigned = ip.user_ns["assigned"] = threading.Event()
+    gate = ip.user_ns["gate"] = threading.Event()
+    with extension(ip):
+        ip.run_cell_magic("task", "-n stale", "contested = 'task'\nassigned.set()\ngate.wait()")
+        run_until(assigned)
+        ip.run_cell("contested = 'notebook'")
+        gate.set()
+        finish("stale")
+    assert ip.user_ns["contested"] == "notebook"
+
+
+def test_del_and_a_top_level_global_act_on_the_notebook(ip: Any) -> None:
+    ip.user_ns["doomed"] = 1
+    reached = ip.user_ns["reached"] = threading.Event()
+    gate = ip.user_ns["gate"] = threading.Event()
+    with extension(ip):
+        ip.run_cell_magic("task", "-n globals_and_del",
+                          "del doomed\nglobal top_level\ntop_level = 'live'\nreached.set()\ngate.wait()")
+        run_until(reached)
+        assert "doomed" not in ip.user_ns and ip.user_ns["top_level"] == "live"
+        gate.set()
+        assert finish("globals_and_del").status == "completed"
+
+
+def test_global_in_a_function_defined_in_the_body_is_refused_at_once(ip: Any) -> None:
+    with extension(ip):
+        with pytest.raises(UsageError, match=r"line 3: `global counter`"):
+            ip.run_cell_magic("task", "-n refused",
+                              "counter = 0\ndef bump():\n    global counter\n    counter += 1\n")
+        assert len(task_worker.get_worker()) == 0
+
+
+def test_a_tight_loop_in_a_body_costs_a_small_factor(ip: Any) -> None:
+    # A guard against pathological slowdowns, not a benchmark (the machine is shared).
+    import time
+
+    cell = "acc = 0\nfor j in range(200_000):\n    acc += j\n"
+    with extension(ip):
+        t0 = time.perf_counter()
+        ip.run_cell(cell).raise_error()
+        plain = time.perf_counter() - t0
+        ip.run_cell_magic("task", "-n tight --async", cell + "acc")
+        t0 = time.perf_counter()
+        assert finish("tight").result == sum(range(200_000))
+        in_task = time.perf_counter() - t0
+    print(f"tight loop: cell {plain * 1000:.0f} ms, task {in_task * 1000:.0f} ms")
+    assert in_task < 20 * plain + 0.5
+
+
+# ------------------------------------------------------ the name task_worker
+def test_load_names_the_module_in_the_notebook_unless_taken_and_unload_removes_it(ip: Any) -> None:
+    ip.user_ns.pop("task_worker", None)
+    try:
+        with extension(ip):
+            assert ip.user_ns["task_worker"] is task_worker
+            ip.run_cell_magic("task", "-n uses_the_name", "task_worker.report_progress(0.5)\n'ok'")
+            assert finish("uses_the_name").result == "ok"
+        assert "task_worker" not in ip.user_ns
+        with extension(ip):
+            ip.user_ns["task_worker"] = "rebound by the user"
+        assert ip.user_ns["task_worker"] == "rebound by the user"  # not ours any more: kept
+        with extension(ip):
+            assert ip.user_ns["task_worker"] == "rebound by the user"  # taken: left alone
+        assert ip.user_ns["task_worker"] == "rebound by the user"
+    finally:
+        ip.user_ns["task_worker"] = task_worker
+
+
+def test_dunder_names_stay_in_the_task_and_shadowed_builtins_come_from_the_notebook(ip: Any) -> None:
+    ip.user_ns["max"] = "the notebook's max"
+    try:
+        with extension(ip):
+            ip.run_cell_magic("task", "-n dunders", "__doc__ = 'task doc'\n(max, min([2, 1]), __doc__)")
+            assert finish("dunders").result == ("the notebook's max", 1, "task doc")
+        assert ip.user_ns.get("__doc__") != "task doc"
+    finally:
+        del ip.user_ns["max"]
+
+
+def test_line_magics_and_shell_escapes_in_a_body_use_its_namespace(ip: Any) -> None:
+    with extension(ip):
+        ip.run_cell_magic("task", "-n magic_body", (
+            "factor = 3\n%time timed_value = factor * 2\nechoed = !echo hi\nechoed[0], timed_value"))
+        info = finish("magic_body")
+        assert info.status == "completed" and info.result == ("hi", 6)
+    assert ip.user_ns["timed_value"] == 6

@@ -178,3 +178,92 @@ def test_nest_asyncio_is_warned_about_and_tasks_still_run(kernel: KernelSession)
     # Warned once per load, not on every cell.
     again = kernel.execute("%%task -n after_nest2\n1")
     assert "nest_asyncio" not in again.stderr
+
+
+def test_rerun_named_cell_targets_the_new_run_everywhere(kernel: KernelSession) -> None:
+    first = kernel.execute("%%task -n rerun\n'first run'")
+    kernel.execute("await task_worker.wait('rerun', timeout=10)")
+    second = kernel.execute("%%task -n rerun\nawait asyncio.sleep(60)\n'second run'")
+    first_view, _ = _view(kernel, first)
+    second_view, _ = _view(kernel, second)
+    new_id = kernel.models[second_view]["task_id"]
+    assert kernel.models[first_view]["task_id"] == "rerun" and new_id != "rerun"
+    r = kernel.execute("%task result rerun")
+    assert "is pending" in r.stdout or "is running" in r.stdout  # not 'first run'
+    r = kernel.execute("%task cancel rerun")
+    assert f"cancelled 1 task(s): {new_id}" in r.stdout
+    r = kernel.execute(
+        "try:\n"
+        "    await task_worker.wait('rerun', timeout=10)\n"
+        "except asyncio.CancelledError:\n"
+        "    print('CANCELLED')\n")
+    assert r.stdout.strip() == "CANCELLED"
+    kernel.wait_for(lambda: kernel.row_status(second_view, new_id) == "cancelled",
+                    what="the new run's view to show it cancelled")
+
+
+def test_concurrent_for_loops_keep_their_own_loop_variable(kernel: KernelSession) -> None:
+    # The same loop variable in two coroutine bodies and in two thread bodies at once.
+    for name, start, pause in (("co_a", 0, "await asyncio.sleep(0.005)"),
+                               ("co_b", 100, "await asyncio.sleep(0.005)"),
+                               ("th_a", 200, "time.sleep(0.005)"),
+                               ("th_b", 300, "time.sleep(0.005)")):
+        kernel.execute(
+            f"%%task -n {name}\n"
+            f"seen_{name} = []\n"
+            f"for i in range({start}, {start} + 40):\n"
+            f"    {pause}\n"
+            f"    seen_{name}.append(i)\n")
+    r = kernel.execute(
+        "for n in ('co_a', 'co_b', 'th_a', 'th_b'):\n"
+        "    await task_worker.wait(n, timeout=30)\n"
+        "print([seen_co_a == list(range(0, 40)), seen_co_b == list(range(100, 140)),\n"
+        "       seen_th_a == list(range(200, 240)), seen_th_b == list(range(300, 340))])\n"
+        "print(i in (39, 139, 239, 339))")
+    assert r.stdout.split() == ["[True,", "True,", "True,", "True]", "True"]
+
+
+def test_another_cell_sees_the_names_a_running_body_assigns(kernel: KernelSession) -> None:
+    kernel.execute("peek_reached = threading.Event()\npeek_gate = threading.Event()")
+    kernel.execute(
+        "%%task -n peeked\n"
+        "peeked_list = []\n"
+        "for peek_step in range(3):\n"
+        "    peeked_list.append(peek_step)\n"
+        "    if peek_step == 1:\n"
+        "        peek_reached.set()\n"
+        "        peek_gate.wait()\n")
+    r = kernel.execute("assert await asyncio.to_thread(peek_reached.wait, 20)\n"
+                       "print(peeked_list, peek_step)")
+    assert r.stdout.strip() == "[0, 1] 1"
+    r = kernel.execute("peek_gate.set()\nawait task_worker.wait('peeked', timeout=20)\n"
+                       "print(peeked_list, peek_step)")
+    assert r.stdout.strip() == "[0, 1, 2] 2"
+
+
+def test_functions_classes_and_a_failing_body_keep_the_namespace_rules(kernel: KernelSession) -> None:
+    kernel.execute("kernel_base = 10")
+    kernel.execute(
+        "%%task -n kernel_defines\n"
+        "kernel_offset = 5\n"
+        "def kernel_shifted(x):\n"
+        "    return x + kernel_base + kernel_offset\n"
+        "class KernelBox:\n"
+        "    size = kernel_base\n"
+        "kernel_answer = kernel_shifted(KernelBox.size)\n"
+        "raise RuntimeError('after assigning')\n")
+    r = kernel.execute(
+        "try:\n"
+        "    await task_worker.wait('kernel_defines', timeout=20)\n"
+        "except RuntimeError:\n"
+        "    pass\n"
+        "kernel_base = 100\n"
+        "print(kernel_answer, kernel_shifted(1), KernelBox.__module__)")
+    assert r.stdout.strip() == "25 106 __main__"
+    r = kernel.execute(
+        "%%task -n refused_global\n"
+        "def bump():\n"
+        "    global kernel_count\n"
+        "    kernel_count = 1\n", allow_error=True)
+    assert r.status == "error" and r.reply["content"]["ename"] == "UsageError"
+    assert "global kernel_count" in r.reply["content"]["evalue"]
