@@ -14,7 +14,11 @@ Protocol (custom messages on the widget's comm):
 * browser -> kernel ``{"type": "sync"}`` (a view asks for a snapshot when it
   renders, so a view opened late shows the current state), ``{"type":
   "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``.
-  The status filter is the synced trait ``status_filter``.
+  The status filter is the synced trait ``status_filter``: the only state the
+  browser may set. A state update carrying anything else (``_rows``,
+  ``_header``, ``task_id``, ``note``, ...) has those keys ignored, and an
+  invalid filter is refused: the kernel keeps its value and sends it back to
+  every view as the echo of that update.
 
 Stable hooks for browser tests (kept exact on purpose):
 
@@ -61,6 +65,8 @@ _MAX_TRACEBACK = 20_000
 _MAX_META = 300
 _STATUS_VALUES = tuple(s.value for s in TaskStatus)
 _TERMINAL_VALUES = tuple(s.value for s in TaskStatus if s.done)
+#: The synced traits the browser may set; everything else it sends is ignored.
+_FRONTEND_TRAITS = frozenset({"status_filter"})
 _PROGRESS = EventKind.PROGRESS
 _WORKER = EventKind.WORKER
 _FINISHED = EventKind.FINISHED
@@ -221,6 +227,9 @@ def _flush_ref(ref: weakref.ReferenceType[Any]) -> None:
 def _build_widget_class() -> type[Any]:
     import anywidget
     import traitlets as t
+
+    class _FilterError(t.TraitError, ValueError):
+        """An invalid ``status_filter`` (a ``ValueError`` that traitlets rolls back)."""
 
     class TaskDashboard(anywidget.AnyWidget):
         """A live table of a worker's tasks, with a Cancel button per task.
@@ -542,7 +551,37 @@ def _build_widget_class() -> type[Any]:
         # ---------------------------------------------------------- front end
         @t.validate("status_filter")
         def _valid_filter(self, proposal: Any) -> str:
-            return _check_filter(proposal["value"])
+            try:
+                return _check_filter(proposal["value"])
+            except ValueError as exc:
+                # A TraitError (that is also the ValueError callers expect) makes
+                # traitlets roll back when validation runs at the end of a hold.
+                raise _FilterError(str(exc)) from None
+
+        def set_state(self, sync_data: Mapping[str, Any]) -> None:
+            """Apply a state update from the browser (ipywidgets calls this for every
+            ``update`` message of the comm).
+
+            The browser owns only ``status_filter``: other keys are ignored, so the
+            rows, header and task id new views receive are always the kernel's. An
+            invalid filter changes nothing: the current one is sent back to every
+            view, as the echo of this update (the sender waits for that echo).
+            """
+            accepted: dict[str, Any] = {}
+            refused: dict[str, Any] = {}
+            for name, value in sync_data.items():
+                if name not in _FRONTEND_TRAITS:
+                    logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
+                    continue
+                try:
+                    accepted[name] = _check_filter(value)
+                except ValueError as exc:
+                    logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
+                    refused[name] = getattr(self, name)
+            if accepted:
+                super().set_state(accepted)
+            if refused:
+                self._send({"method": "echo_update", "state": refused, "buffer_paths": []})
 
         @t.observe("status_filter")
         def _filter_changed(self, change: Any) -> None:

@@ -134,6 +134,18 @@ def frontend(dash: Any, content: dict[str, Any]) -> None:
     dash._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
 
 
+def frontend_update(dash: Any, state: dict[str, Any]) -> None:
+    """Deliver a state ``update`` as the comm does when the browser saves changes."""
+    dash._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+                      "buffers": []})
+
+
+def sent_state(dash: Any, method: str) -> list[dict[str, Any]]:
+    """The states the kernel sent to the browser with ``method`` ("update" or "echo_update")."""
+    return [data["state"] for kind, data in dash.comm.published
+            if kind == "comm_msg" and data.get("method") == method]
+
+
 async def until(worker: AsyncTaskWorker, task_id: str, status: TaskStatus) -> None:
     """Wait (on worker events, no polling) until the task reaches ``status``."""
     fut = asyncio.get_running_loop().create_future()
@@ -497,6 +509,97 @@ async def test_cancel_all_and_clear_finished_from_the_front_end(
     clock.advance(1)
     assert dash.rows == []
     assert set(take(dash)[-1]["remove"]) == set(ids)
+    dash.close()
+
+
+async def test_an_invalid_filter_from_the_front_end_is_rejected_and_the_view_keeps_updating(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    gate = asyncio.Event()
+    dash = make_dashboard(worker, clock, status_filter="running")
+    first = await worker.add_task(blocker, gate)
+    await until(worker, first, TaskStatus.RUNNING)
+    clock.advance(1)
+    take(dash)
+    frontend_update(dash, {"status_filter": "bogus"})  # must not raise (the comm would log it)
+    assert dash.status_filter == "running"  # the previous value is kept...
+    # ...and every view (the sender included) is told so, as the echo of its change.
+    assert sent_state(dash, "echo_update")[-1] == {"status_filter": "running"}
+    frontend_update(dash, {"status_filter": 7})
+    assert dash.status_filter == "running"
+    # The view still updates.
+    second = await worker.add_task(blocker, gate)
+    await until(worker, second, TaskStatus.RUNNING)
+    clock.advance(1)
+    [patch] = take(dash)
+    assert [r["id"] for r in patch["upsert"]] == [second]
+    # A valid value is still accepted (canonicalised, and echoed).
+    frontend_update(dash, {"status_filter": "all"})
+    assert dash.status_filter == ""
+    assert sent_state(dash, "echo_update")[-1] == {"status_filter": ""}
+    gate.set()
+    await worker.join()
+    dash.close()
+
+
+async def test_python_assignment_of_an_invalid_filter_raises_and_changes_nothing(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    dash = make_dashboard(worker, clock, status_filter="failed")
+    with pytest.raises(ValueError, match="status_filter must be"):
+        dash.status_filter = "bogus"
+    assert dash.status_filter == "failed"
+    # Also when traitlets defers validation to the end of a hold (it then rolls back).
+    with pytest.raises(ValueError, match="status_filter must be"):
+        with dash.hold_trait_notifications():
+            dash.status_filter = "bogus"
+    assert dash.status_filter == "failed"
+    await worker.add_task(blocker, asyncio.Event())
+    clock.advance(1)  # a flush with the kept filter works
+    assert dash.header["counts"]["running"] + dash.header["counts"]["pending"] == 1
+    dash.close()
+
+
+async def test_kernel_owned_state_from_the_front_end_is_ignored(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    gate = asyncio.Event()
+    real = await worker.add_task(blocker, gate, task_id="real")
+    await until(worker, real, TaskStatus.RUNNING)
+    dash = make_dashboard(worker, clock)
+    clock.advance(1)
+    before = dash.get_state()
+    forged_row = {**dash.rows[0], "id": "forged", "name": "forged"}
+    frontend_update(dash, {"_rows": {"forged": forged_row}, "_header": {"total": 99},
+                           "task_id": "real", "note": "forged", "status_filter": "running"})
+    # The front end's own setting is taken; nothing of the kernel's.
+    assert dash.status_filter == "running"
+    state = dash.get_state()
+    assert state["_rows"] == before["_rows"] and "forged" not in state["_rows"]
+    assert state["_header"] == before["_header"]
+    assert state["task_id"] == "" and state["note"] == ""
+    # Nothing forged is echoed to the other views either.
+    assert all(set(s) <= {"status_filter"} for s in sent_state(dash, "echo_update"))
+    # Rows still follow the worker: the dict the kernel mutates is the one new views receive.
+    await worker.add_task(blocker, gate, task_id="next")
+    await until(worker, "next", TaskStatus.RUNNING)
+    clock.advance(1)
+    assert set(dash.get_state()["_rows"]) == {"real", "next"}
+    assert {r["id"] for r in dash.rows} == {"real", "next"}
+    gate.set()
+    await worker.join()
+    dash.close()
+
+
+async def test_a_single_task_view_keeps_its_task_whatever_the_front_end_sends(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    gate = asyncio.Event()
+    mine = await worker.add_task(blocker, gate, task_id="mine")
+    await worker.add_task(blocker, gate, task_id="other")
+    dash = make_dashboard(worker, clock, task_id=mine)
+    frontend_update(dash, {"task_id": "other", "_rows": {}})
+    assert dash.task_id == "mine"
+    assert [r["id"] for r in dash.rows] == ["mine"]
+    assert set(dash.get_state()["_rows"]) == {"mine"}
+    gate.set()
+    await worker.join()
     dash.close()
 
 

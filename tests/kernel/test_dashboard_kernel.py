@@ -169,3 +169,63 @@ def test_thousand_tasks_progressing_flat_out_send_few_messages_and_lose_nothing(
     assert header["counts"]["completed"] == 1000 and header["busy"] == 0
     assert len(rows) == 200 and {r["status"] for r in rows.values()} == {"completed"}
     assert {r["progress"] for r in rows.values()} == {100.0}
+
+
+# ------------------------------------------------ state updates from the front end
+def _send_comm(kernel: Any, comm_id: str, data: dict[str, Any]) -> None:
+    """Send a comm_msg on the shell channel exactly as a frontend does."""
+    kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
+
+
+def _comm_msgs(kernel: Any, comm_id: str, method: str, since: int) -> list[dict[str, Any]]:
+    return [m["content"]["data"] for m in kernel.log[since:]
+            if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id
+            and m["content"]["data"].get("method") == method]
+
+
+FORGED_SETUP = """
+fe_gate = asyncio.Event()
+fe_worker = task_worker.AsyncTaskWorker(max_workers=2)
+await fe_worker.start()
+
+async def fe_hold():
+    await fe_gate.wait()
+
+fe_first = await fe_worker.add_task(fe_hold, task_id="fe-first")
+fe_dash = fe_worker.dashboard(status_filter="running")
+display(fe_dash)
+"""
+
+
+def test_front_end_updates_cannot_wedge_or_forge_the_dashboard(kernel: Any) -> None:
+    """Real comm ``update`` messages, as a browser sends them: an invalid filter is refused (the
+    kernel keeps its value and echoes it back) and the dashboard goes on updating; kernel-owned
+    state (rows, header, task id) sent by the front end never reaches the model or new views."""
+    setup = kernel.execute(FORGED_SETUP)
+    [dash_id] = setup.widget_ids()
+    start = len(kernel.log)
+    _send_comm(kernel, dash_id, {"method": "update", "state": {"status_filter": "bogus"},
+                                 "buffer_paths": []})
+    forged = {"forged": {"id": "forged", "name": "forged", "status": "running", "priority": 0,
+                         "progress": 0, "seq": 0, "created": 0, "started": 0, "completed": None}}
+    _send_comm(kernel, dash_id, {"method": "update", "buffer_paths": [], "state": {
+        "_rows": forged, "_header": {"total": 99}, "task_id": "fe-first", "note": "forged"}})
+    # Shell messages are handled in order: this cell runs after both updates.
+    r = kernel.execute("print(repr(fe_dash.status_filter), fe_dash.task_id == '', "
+                       "sorted(fe_dash.get_state()['_rows']), fe_dash.note == '')")
+    assert r.stdout.split() == ["'running'", "True", "['fe-first']", "True"], r.stdout
+    echoes = _comm_msgs(kernel, dash_id, "echo_update", start)
+    assert {"status_filter": "running"} in [e["state"] for e in echoes]
+    assert all(set(e["state"]) <= {"status_filter"} for e in echoes)
+    # The dashboard still updates: a new running task reaches it as a patch.
+    kernel.execute("fe_second = await fe_worker.add_task(fe_hold, task_id='fe-second')")
+    kernel.wait_for(lambda: kernel.row_status(dash_id, "fe-second") == "running", what="fe-second row")
+    # A view opened now (request_state) gets the kernel's rows, nothing forged.
+    since = len(kernel.log)
+    _send_comm(kernel, dash_id, {"method": "request_state"})
+    kernel.wait_for(lambda: bool(_comm_msgs(kernel, dash_id, "update", since)), what="state reply")
+    state = _comm_msgs(kernel, dash_id, "update", since)[-1]["state"]
+    assert set(state["_rows"]) == {"fe-first", "fe-second"}
+    assert state["task_id"] == "" and state["status_filter"] == "running"
+    assert state["_header"]["counts"]["running"] == 2
+    kernel.execute("fe_gate.set(); await fe_worker.join(); fe_dash.close(); await fe_worker.stop()")
