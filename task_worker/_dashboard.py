@@ -44,6 +44,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+import re
+import sys
 import time
 import weakref
 from collections import OrderedDict
@@ -182,6 +184,43 @@ def _meta_text(metadata: Mapping[str, Any]) -> str:
     return _clip(", ".join(parts), _MAX_META)
 
 
+#: A frame line of a formatted traceback (also inside an exception group's ``|`` margin).
+_FRAME_LINE = re.compile(
+    r'^(?P<lead>[ |]*)File "(?P<file>[^"\n]+)", line (?P<line>\d+)(?:, in (?P<func>[^\n]*))?$',
+    re.MULTILINE)
+
+
+def _name_cells(text: str) -> str:
+    """``text`` (a formatted traceback) with notebook cells named as IPython names them.
+
+    Code run from a cell (a ``%%task`` body, a function defined in a cell) is
+    compiled under a temporary file name (``.../ipykernel_<pid>/<hash>.py``);
+    IPython's own tracebacks show it as ``Cell In[N], line L``, through its
+    compiler's ``format_code_name``. The same mapping here makes a row's traceback
+    name the cell as the output area does. Without an IPython shell, or for files
+    that are no cell, the text is unchanged.
+    """
+    ipython = sys.modules.get("IPython")  # never imported here: only used when already loaded
+    shell = ipython.get_ipython() if ipython is not None else None
+    format_code_name = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    if format_code_name is None or 'File "' not in text:
+        return text
+
+    def rename(match: re.Match[str]) -> str:
+        try:
+            named = format_code_name(match["file"])
+        except Exception:  # a custom compiler: keep the file name
+            named = None
+        if not named:
+            return match[0]
+        label, name = named
+        where = f"{match['lead']}{label} {name}, line {match['line']}"
+        func = match["func"]
+        return where if func is None or func == "<module>" else f"{where}, in {func}"
+
+    return _FRAME_LINE.sub(rename, text)
+
+
 def _ms(ts: float | None) -> int | None:
     return None if ts is None else int(ts * 1000)
 
@@ -206,7 +245,7 @@ def make_row(info: TaskInfo) -> dict[str, Any]:
     if info[6]:
         row["error"] = _clip(info[6], _MAX_ERROR)
     if info[8] and status is TaskStatus.FAILED:
-        row["traceback"] = _clip(info[8], _MAX_TRACEBACK)
+        row["traceback"] = _clip(_name_cells(info[8]), _MAX_TRACEBACK)
     return row
 
 

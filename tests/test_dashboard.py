@@ -351,6 +351,34 @@ async def test_failed_task_row_carries_error_and_traceback_as_text(
     dash.close()
 
 
+def _fail_here() -> None:
+    raise ValueError("from a cell")
+
+
+async def test_traceback_names_notebook_cells_as_ipython_does(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    # Code compiled from a cell the way IPython and %%task do it: under a file name that
+    # IPython's own tracebacks show as "Cell In[N]".
+    source = "def cell_boom():\n    fail_here()\n"
+    filename = ip.compile.cache(source, 4242)
+    ns: dict[str, Any] = {"fail_here": _fail_here}
+    exec(compile(source, filename, "exec"), ns)
+    task_id = await worker.add_task(ns["cell_boom"])
+    with pytest.raises(ValueError):
+        await worker.wait(task_id)
+    dash = make_dashboard(worker, clock)
+    [row] = dash.rows
+    assert filename in worker.get_task_info(task_id).traceback  # type: ignore[union-attr,operator]
+    assert filename not in row["traceback"]
+    assert "\n  Cell In[4242], line 2, in cell_boom\n    fail_here()\n" in row["traceback"]
+    # Frames of ordinary files keep their file name.
+    assert f'  File "{__file__}", line ' in row["traceback"]
+    dash.close()
+
+
 def test_front_end_renders_user_text_only_as_text() -> None:
     js = (STATIC / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):

@@ -229,3 +229,20 @@ def test_front_end_updates_cannot_wedge_or_forge_the_dashboard(kernel: Any) -> N
     assert state["task_id"] == "" and state["status_filter"] == "running"
     assert state["_header"]["counts"]["running"] == 2
     kernel.execute("fe_gate.set(); await fe_worker.join(); fe_dash.close(); await fe_worker.stop()")
+
+
+def test_a_failed_task_cell_is_named_the_same_in_its_output_and_in_the_dashboard(kernel: Any) -> None:
+    """The dashboard row's traceback says ``Cell In[N], line L`` where the task's output area does,
+    never the temporary file the cell was compiled into."""
+    r = kernel.execute("%%task -n tb_naming\ntb_naming_x = 1\nraise ValueError('tb naming')")
+    number = r.reply["content"]["execution_count"]
+    [view] = r.widget_ids()
+    _single, output = kernel.children(view)
+    kernel.wait_for(lambda: "tb naming" in kernel.output_text(output), what="the traceback in the output")
+    assert f"Cell In[{number}], line 2" in kernel.output_text(output)
+    dash = kernel.execute("%tasks").widget_ids()[0]
+    rows = [row for row in kernel.rows[dash].values() if row["name"] == "tb_naming"]
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    traceback = rows[0]["traceback"]
+    assert f"  Cell In[{number}], line 2\n    raise ValueError('tb naming')\n" in traceback, traceback
+    assert "ipykernel_" not in traceback and 'File "' not in traceback, traceback
