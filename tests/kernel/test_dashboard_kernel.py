@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import strip_ansi
+
 jupyter_client = pytest.importorskip("jupyter_client")
 pytest.importorskip("anywidget")
 pytest.importorskip("ipykernel")
@@ -246,3 +248,47 @@ def test_a_failed_task_cell_is_named_the_same_in_its_output_and_in_the_dashboard
     traceback = rows[0]["traceback"]
     assert f"  Cell In[{number}], line 2\n    raise ValueError('tb naming')\n" in traceback, traceback
     assert "ipykernel_" not in traceback and 'File "' not in traceback, traceback
+
+
+BAD_HTML = """%%task -n bad_html_result
+class BadHTML:
+    def _repr_html_(self):
+        raise ValueError("html boom")
+
+    def __repr__(self):
+        return "BadHTML()"
+
+BadHTML()"""
+
+BAD_REPR = """%%task -n bad_repr_result
+class BadRepr:
+    def __repr__(self):
+        raise ValueError("repr boom")
+
+BadRepr()"""
+
+
+def test_a_result_whose_repr_raises_is_shown_safely_in_its_own_view(kernel: Any) -> None:
+    """A task result whose ``_repr_html_`` or ``__repr__`` raises: the view shows what could be
+    formatted (or a placeholder) and the formatting error, in the task's own output area; nothing
+    goes to another cell as an error, and the kernel carries on."""
+    start = len(kernel.log)
+    views = {}
+    for name, code in (("html", BAD_HTML), ("repr", BAD_REPR)):
+        [view] = kernel.execute(code).widget_ids()
+        views[name] = kernel.children(view)[1]
+    kernel.wait_for(lambda: "html boom" in kernel.output_text(views["html"])
+                    and "repr boom" in kernel.output_text(views["repr"]), what="both outcomes")
+    html = kernel.models[views["html"]]["outputs"]
+    assert [o["output_type"] for o in html] == ["error", "display_data"], html
+    assert html[1]["data"] == {"text/plain": "BadHTML()"}
+    shown = kernel.models[views["repr"]]["outputs"]
+    assert [o["output_type"] for o in shown] == ["error", "display_data"], shown
+    placeholder = shown[1]["data"]["text/plain"]
+    assert "BadRepr object" in placeholder and "ValueError" in placeholder, placeholder
+    errors = [m for m in kernel.log[start:] if m["msg_type"] == "error"]
+    assert errors == [], [strip_ansi("\n".join(m["content"]["traceback"])) for m in errors]
+    r = kernel.execute("print(task_worker.get_worker().get_task_info("
+                       "task_worker._session.resolve_task_id('bad_repr_result', task_worker.get_worker()))"
+                       ".status.value)")
+    assert r.stdout.strip() == "completed"
