@@ -178,7 +178,7 @@ def _meta_text(metadata: Mapping[str, Any]) -> str:
     for key, value in metadata.items():
         try:
             shown = value if isinstance(value, str) else repr(value)
-        except Exception:  # a broken __repr__ must not break the dashboard
+        except BaseException:  # a broken __repr__ (whatever it raises) must not break the dashboard
             shown = f"<{type(value).__name__}>"
         parts.append(f"{key}={_clip(shown, 80)}")
     return _clip(", ".join(parts), _MAX_META)

@@ -379,6 +379,22 @@ async def test_traceback_names_notebook_cells_as_ipython_does(
     dash.close()
 
 
+async def test_metadata_whose_repr_raises_even_a_base_exception_is_shown_safely(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    class Exits:
+        def __repr__(self) -> str:
+            raise SystemExit(3)
+
+    class Raises:
+        def __repr__(self) -> str:
+            raise ValueError("repr boom")
+
+    await worker.add_task(blocker, asyncio.Event(), metadata={"a": Exits(), "b": Raises(), "c": 1})
+    dash = make_dashboard(worker, clock)  # makes the row: must not raise
+    assert dash.rows[0]["meta"] == "a=<Exits>, b=<Raises>, c=1"
+    dash.close()
+
+
 def test_front_end_renders_user_text_only_as_text() -> None:
     js = (STATIC / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
