@@ -58,6 +58,8 @@ class TaskCellView:
         #: Longest loop blockage seen while the task ran, in seconds (0: none).
         self.starved_for = 0.0
         self.dashboard = TaskDashboard(worker, task_id=task_id)
+        # Its output area stops growing at 24em and scrolls (dashboard.css).
+        output.add_class("tw-task-output")
         self.widget = ipywidgets.VBox([self.dashboard, output])
         self.closed = False
 

@@ -113,7 +113,8 @@ def text_table(infos: Iterable[TaskInfo], *, max_rows: int | None = None) -> str
         if max_rows is not None and len(rows) >= max_rows:
             more += 1
             continue
-        error = (info.error or "").splitlines()[0] if info.error else ""
+        shown = _shown_error(info)
+        error = shown.splitlines()[0] if shown else ""
         rows.append((
             _clip(info.id, 24), _clip(info.name, 30), info.status.value, str(info.priority),
             f"{info.progress * 100:5.1f}%", _fmt_seconds(info.elapsed), _clip(error, 60),
@@ -221,6 +222,15 @@ def _name_cells(text: str) -> str:
     return _FRAME_LINE.sub(rename, text)
 
 
+def _shown_error(info: TaskInfo) -> str | None:
+    """The task's error message, unless it only repeats its status (a plain cancel says
+    "cancelled", which the status already shows)."""
+    error: str | None = info[6]
+    if error and error.strip().lower() == info[2].value:
+        return None
+    return error
+
+
 def _ms(ts: float | None) -> int | None:
     return None if ts is None else int(ts * 1000)
 
@@ -242,8 +252,9 @@ def make_row(info: TaskInfo) -> dict[str, Any]:
     meta = _meta_text(info[9])
     if meta:
         row["meta"] = meta
-    if info[6]:
-        row["error"] = _clip(info[6], _MAX_ERROR)
+    error = _shown_error(info)
+    if error:
+        row["error"] = _clip(error, _MAX_ERROR)
     if info[8] and status is TaskStatus.FAILED:
         row["traceback"] = _clip(_name_cells(info[8]), _MAX_TRACEBACK)
     return row

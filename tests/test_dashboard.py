@@ -395,6 +395,25 @@ async def test_metadata_whose_repr_raises_even_a_base_exception_is_shown_safely(
     dash.close()
 
 
+async def test_a_cancelled_row_says_cancelled_once_unless_the_message_says_more(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    plain = await worker.add_task(blocker, asyncio.Event(), task_id="plain")
+    await until(worker, plain, TaskStatus.RUNNING)
+    await worker.cancel_task(plain)
+    stopped = await worker.add_task(blocker, asyncio.Event(), task_id="stopped")
+    await until(worker, stopped, TaskStatus.RUNNING)
+    await worker.stop(timeout=0)
+    dash = make_dashboard(worker, clock)
+    rows = {r["id"]: r for r in dash.rows}
+    assert worker.get_task_info(plain).error == "cancelled"  # type: ignore[union-attr]
+    assert rows["plain"]["status"] == "cancelled" and "error" not in rows["plain"]
+    assert rows["stopped"]["error"] == "cancelled: the worker stopped"
+    lines = {line.split()[0]: line for line in text_table(worker.get_all_tasks()).splitlines()[1:]}
+    assert lines["plain"].count("cancelled") == 1
+    assert "the worker stopped" in lines["stopped"]
+    dash.close()
+
+
 def test_front_end_renders_user_text_only_as_text() -> None:
     js = (STATIC / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):

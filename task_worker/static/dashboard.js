@@ -90,14 +90,15 @@ class RowView {
   update(row) {
     const old = this.row;
     this.row = row;
-    if (!old || old.id !== row.id) {
+    if (!old || old.id !== row.id || old.name !== row.name) {
+      // The id only where it adds something: not when it is the name, and not in a
+      // task's own view (its name is enough there; the id stays in the tooltip).
       this.el.dataset.taskId = row.id;
       this.id.textContent = row.id;
       this.id.title = row.id;
-    }
-    if (!old || old.name !== row.name) {
+      this.id.hidden = this.view.single || row.id === row.name;
       this.name.textContent = row.name;
-      this.name.title = row.name;
+      this.name.title = row.id === row.name ? row.name : `${row.name} (id ${row.id})`;
       this.bar.setAttribute("aria-label", `progress of ${row.name}`);
       this.button.setAttribute("aria-label", `Cancel ${row.name}`);
     }
@@ -105,7 +106,10 @@ class RowView {
       this.meta.textContent = row.meta || "";
       this.meta.hidden = !row.meta;
     }
-    if (!old || old.priority !== row.priority) this.priority.textContent = String(row.priority);
+    if (!old || old.priority !== row.priority) {
+      // The table has a "Priority" column header; a task's own view has no header.
+      this.priority.textContent = this.view.single ? `priority ${row.priority}` : String(row.priority);
+    }
     if (!old || old.status !== row.status) {
       if (old) this.el.classList.remove(`tw-status-${old.status}`);
       this.el.classList.add(`tw-status-${row.status}`);
