@@ -614,24 +614,28 @@ def _build_widget_class() -> type[Any]:
 
             The browser owns only ``status_filter``: other keys are ignored, so the
             rows, header and task id new views receive are always the kernel's. An
-            invalid filter changes nothing: the current one is sent back to every
-            view, as the echo of this update (the sender waits for that echo).
+            invalid filter changes nothing. What was refused is sent back with the
+            kernel's values to every view, as the echo of this update (the sender
+            waits for that echo), so the sender is back in sync too.
             """
             accepted: dict[str, Any] = {}
-            refused: dict[str, Any] = {}
+            refused: list[str] = []
             for name, value in sync_data.items():
                 if name not in _FRONTEND_TRAITS:
-                    logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
+                    if name in self.keys:
+                        logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
+                        refused.append(name)
                     continue
                 try:
                     accepted[name] = _check_filter(value)
                 except ValueError as exc:
                     logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
-                    refused[name] = getattr(self, name)
+                    refused.append(name)
             if accepted:
                 super().set_state(accepted)
             if refused:
-                self._send({"method": "echo_update", "state": refused, "buffer_paths": []})
+                # Plain JSON (no binary buffers among these traits).
+                self._send({"method": "echo_update", "state": self.get_state(refused), "buffer_paths": []})
 
         @t.observe("status_filter")
         def _filter_changed(self, change: Any) -> None:
