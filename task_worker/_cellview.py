@@ -321,7 +321,27 @@ def format_result(display_formatter: Any, value: Any) -> Formatted:
             data[mime] = result
         if meta is not None:
             metadata[mime] = meta
+    # What cannot travel to the browser would break the output area for good (every later
+    # sync of its state would fail): drop it, and say so.
+    for mime in list(data):
+        try:
+            _dumps(data[mime])
+        except Exception as exc:
+            del data[mime]
+            metadata.pop(mime, None)
+            errors.append(TypeError(f"the {mime} representation cannot be sent to the browser: {exc}"))
     return data, metadata, errors
+
+
+def _dumps(value: Any) -> str:
+    """JSON as the kernel's messages encode it (bytes, dates and numbers allowed)."""
+    import json
+
+    try:
+        from jupyter_client.jsonutil import json_default
+    except ImportError:  # no kernel machinery: plain JSON
+        json_default = None
+    return json.dumps(value, default=json_default, allow_nan=False)
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -58,6 +58,14 @@ class BadBundle:
         return "<i>html</i>"
 
 
+class BadJSON:
+    def _repr_json_(self) -> Any:
+        return {"not json": object()}
+
+    def __repr__(self) -> str:
+        return "BadJSON()"
+
+
 class Exits:
     def _repr_html_(self) -> str:
         raise SystemExit(3)
@@ -108,3 +116,17 @@ def test_an_exception_whose_str_raises_is_still_formatted() -> None:
     ename, evalue, lines = CellViews(globalipapp.get_ipython())._format_error(caught)
     assert ename == "BadStr" and "str() failed" in evalue
     assert lines
+
+
+def test_a_representation_the_browser_cannot_receive_is_dropped_and_reported(formatter: Any) -> None:
+    data, _, errors = format_result(formatter, BadJSON())
+    assert data == {"text/plain": "BadJSON()"}
+    assert len(errors) == 1 and "application/json" in str(errors[0])
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # bytes travel (base64), as the kernel sends them
+
+    class Picture:
+        def _repr_png_(self) -> bytes:
+            return png
+
+    data, _, errors = format_result(formatter, Picture())
+    assert "image/png" in data and errors == []

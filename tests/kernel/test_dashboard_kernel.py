@@ -269,17 +269,29 @@ class BadRepr:
 BadRepr()"""
 
 
+BAD_JSON = """%%task -n bad_json_result
+class BadJSON:
+    def _repr_json_(self):
+        return {"not json": object()}
+
+    def __repr__(self):
+        return "BadJSON()"
+
+BadJSON()"""
+
+
 def test_a_result_whose_repr_raises_is_shown_safely_in_its_own_view(kernel: Any) -> None:
     """A task result whose ``_repr_html_`` or ``__repr__`` raises: the view shows what could be
     formatted (or a placeholder) and the formatting error, in the task's own output area; nothing
     goes to another cell as an error, and the kernel carries on."""
     start = len(kernel.log)
     views = {}
-    for name, code in (("html", BAD_HTML), ("repr", BAD_REPR)):
+    for name, code in (("html", BAD_HTML), ("repr", BAD_REPR), ("json", BAD_JSON)):
         [view] = kernel.execute(code).widget_ids()
         views[name] = kernel.children(view)[1]
     kernel.wait_for(lambda: "html boom" in kernel.output_text(views["html"])
-                    and "repr boom" in kernel.output_text(views["repr"]), what="both outcomes")
+                    and "repr boom" in kernel.output_text(views["repr"])
+                    and "BadJSON()" in kernel.output_text(views["json"]), what="the three outcomes")
     html = kernel.models[views["html"]]["outputs"]
     assert [o["output_type"] for o in html] == ["error", "display_data"], html
     assert html[1]["data"] == {"text/plain": "BadHTML()"}
@@ -287,6 +299,10 @@ def test_a_result_whose_repr_raises_is_shown_safely_in_its_own_view(kernel: Any)
     assert [o["output_type"] for o in shown] == ["error", "display_data"], shown
     placeholder = shown[1]["data"]["text/plain"]
     assert "BadRepr object" in placeholder and "ValueError" in placeholder, placeholder
+    # A format that cannot travel as JSON is dropped (said in an error item); the rest is shown.
+    json_out = kernel.models[views["json"]]["outputs"]
+    assert [o["output_type"] for o in json_out] == ["error", "display_data"], json_out
+    assert json_out[1]["data"] == {"text/plain": "BadJSON()"}
     errors = [m for m in kernel.log[start:] if m["msg_type"] == "error"]
     assert errors == [], [strip_ansi("\n".join(m["content"]["traceback"])) for m in errors]
     r = kernel.execute("print(task_worker.get_worker().get_task_info("
