@@ -337,11 +337,12 @@ def _dumps(value: Any) -> str:
     """JSON as the kernel's messages encode it (bytes, dates and numbers allowed)."""
     import json
 
+    default: Callable[[Any], Any] | None
     try:
-        from jupyter_client.jsonutil import json_default
+        from jupyter_client.jsonutil import json_default as default
     except ImportError:  # no kernel machinery: plain JSON
-        json_default = None
-    return json.dumps(value, default=json_default, allow_nan=False)
+        default = None
+    return json.dumps(value, default=default, allow_nan=False)
 
 
 def _safe_str(exc: BaseException) -> str:
