@@ -15,6 +15,10 @@
 const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
 const ACTIVE = new Set(["pending", "running"]);
 const COLUMNS = ["Task", "Priority", "Status", "Progress", "Elapsed", ""];
+// Content widths (px) below which the header goes compact (.tw-narrow: counts without their
+// labels) and may wrap (.tw-tiny). The full header needs about 985 px.
+const NARROW_PX = 1000;
+const TINY_PX = 560;
 
 function h(tag, cls, text) {
   const el = document.createElement(tag);
@@ -202,6 +206,17 @@ class DashboardView {
     this.renderNote();
     this.onFilter();
     this.timer = setInterval(() => this.tick(), 1000);
+    // The header fits the width the view gets (a class, not a container query: no size
+    // containment, so hosts that size outputs to their content still work).
+    this.resizer = null;
+    if (!this.single && typeof ResizeObserver !== "undefined") {
+      this.resizer = new ResizeObserver((entries) => {
+        const width = entries[entries.length - 1].contentRect.width;
+        this.root.classList.toggle("tw-narrow", width < NARROW_PX);
+        this.root.classList.toggle("tw-tiny", width < TINY_PX);
+      });
+      this.resizer.observe(this.root);
+    }
     // The model's state may predate this view: ask the kernel for the current one.
     model.send({ type: "sync" });
   }
@@ -348,6 +363,7 @@ class DashboardView {
 
   destroy() {
     clearInterval(this.timer);
+    if (this.resizer) this.resizer.disconnect();
     this.model.off("msg:custom", this.onMsg);
     this.model.off("change:note", this.onNote);
     this.model.off("change:status_filter", this.onFilter);

@@ -106,4 +106,9 @@ def test_views_read_well_at_a_normal_notebook_width(
     labels = header.locator(".tw-count-label").first.evaluate("el => el.offsetWidth")
     assert labels > 20, "the counts' labels are shown in a wide notebook"
     b.screenshot("dashboard-header-wide", dash)
+    # Really narrow (a side panel): the header wraps rather than overflowing the dashboard.
+    set_notebook_width(b, 480)
+    dash.scroll_into_view_if_needed()
+    overflow = header.evaluate("el => el.scrollWidth - el.clientWidth")
+    assert overflow <= 1, f"the header overflows by {overflow} px in a 480 px notebook"
     assert_page_clean(b)
