@@ -33,7 +33,9 @@ Stable hooks for browser tests (kept exact on purpose):
   (for example ``data-count-running="3"``);
 * ``tw-cancel-all``, ``tw-clear-finished`` (buttons), ``tw-filter`` (a
   ``select``), ``tw-more`` (the "N more" line), ``tw-note`` (the note text),
-  ``tw-error`` (a failed task's message) and ``tw-traceback`` (a ``details``).
+  ``tw-error`` (a failed task's message) and ``tw-traceback`` (a ``details``);
+* a ``%%task`` view's output area (an ``ipywidgets.Output``) has class
+  ``tw-task-output``.
 
 Every piece of user text (names, ids, metadata, errors, tracebacks) is set with
 ``textContent`` in the browser, never parsed as HTML.
