@@ -212,8 +212,15 @@ class DashboardView {
     if (!this.single && typeof ResizeObserver !== "undefined") {
       this.resizer = new ResizeObserver((entries) => {
         const width = entries[entries.length - 1].contentRect.width;
-        this.root.classList.toggle("tw-narrow", width < NARROW_PX);
-        this.root.classList.toggle("tw-tiny", width < TINY_PX);
+        const narrow = width < NARROW_PX;
+        const tiny = width < TINY_PX;
+        if (narrow === this.root.classList.contains("tw-narrow") && tiny === this.root.classList.contains("tw-tiny")) return;
+        // Next frame: changing the height of what is observed while it is being reported
+        // would be a "ResizeObserver loop" error.
+        requestAnimationFrame(() => {
+          this.root.classList.toggle("tw-narrow", narrow);
+          this.root.classList.toggle("tw-tiny", tiny);
+        });
       });
       this.resizer.observe(this.root);
     }
