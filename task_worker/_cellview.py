@@ -19,7 +19,7 @@ from typing import Any
 
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
-from ._output import TaskOutput
+from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._worker import AsyncTaskWorker
 
@@ -58,6 +58,8 @@ class TaskCellView:
         #: Longest loop blockage seen while the task ran, in seconds (0: none).
         self.starved_for = 0.0
         self.dashboard = TaskDashboard(worker, task_id=task_id)
+        # Its output area stops growing at 24em and scrolls (dashboard.css).
+        output.add_class("tw-task-output")
         self.widget = ipywidgets.VBox([self.dashboard, output])
         self.closed = False
 
@@ -79,18 +81,33 @@ class TaskCellView:
             f"starved: the event loop was blocked for {seconds:.1f} s (longest) while this task "
             "ran, e.g. by a cell running blocking code; async tasks and this view were paused")
 
-    def finished(self, info: TaskInfo, format_value: Callable[[Any], tuple[Any, Any]],
+    def finished(self, info: TaskInfo, format_value: Callable[[Any], Formatted],
                  format_error: Callable[[BaseException], tuple[str, str, list[str]]]) -> None:
-        """Show the outcome in the output area: the result, or the traceback."""
+        """Show the outcome in the output area: the result, or the traceback.
+
+        Formatting runs user code (the result's ``_repr_*_`` and ``__repr__``):
+        its errors are shown here, as IPython shows them under a cell, and
+        whatever they raise, the view is flushed and nothing escapes to the worker.
+        """
         if self.closed:
             return
+        try:
+            run_routed(self.sink, self._show_outcome, info, format_value, format_error)
+        finally:
+            self.sink.flush()
+
+    def _show_outcome(self, info: TaskInfo, format_value: Callable[[Any], Formatted],
+                      format_error: Callable[[BaseException], tuple[str, str, list[str]]]) -> None:
         if info.status is TaskStatus.COMPLETED and self.show_result and info.result is not None:
-            data, metadata = format_value(info.result)
+            data, metadata, errors = format_value(info.result)
+            for exc in errors:
+                self.sink.error(*format_error(exc))
+            if errors and "text/plain" not in data:
+                data["text/plain"] = _placeholder(info.result, errors[-1])
             if data:
                 self.sink.display(data, metadata)
         elif info.status is TaskStatus.FAILED and info.exception is not None:
             self.sink.error(*format_error(info.exception))
-        self.sink.flush()
 
     def close(self) -> None:
         """Close the widgets (the view disappears from the page) and drop pending output."""
@@ -211,8 +228,8 @@ class CellViews:
                 self._monitor(worker).unwatch(view)
             view.finished(info, self._format_value, self._format_error)
 
-    def _format_value(self, value: Any) -> tuple[Any, Any]:
-        return self.shell.display_formatter.format(value)  # type: ignore[no-any-return]
+    def _format_value(self, value: Any) -> Formatted:
+        return format_result(self.shell.display_formatter, value)
 
     def _format_error(self, exc: BaseException) -> tuple[str, str, list[str]]:
         tb = user_traceback(exc.__traceback__)
@@ -222,7 +239,7 @@ class CellViews:
             lines = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
         except Exception:  # a broken formatter must not hide the error
             lines = _tb.format_exception(type(exc), exc, tb)
-        return type(exc).__name__, str(exc), list(lines)
+        return type(exc).__name__, _safe_str(exc), list(lines)
 
     def close_all(self) -> None:
         """Close every view, unsubscribe and stop the heartbeats."""
@@ -235,6 +252,113 @@ class CellViews:
         views, self._views = list(self._views.values()), {}
         for view in views:
             view.close()
+
+
+#: What ``format_result`` returns: mime data, metadata, and the errors user code raised.
+Formatted = tuple[dict[str, Any], dict[str, Any], list[BaseException]]
+
+
+class _Unguarded:
+    """Calls one of IPython's formatters without IPython's own error handler.
+
+    That handler (``catch_format_error``) prints the traceback with the shell's
+    ``showtraceback``, which sends it to whichever cell is current and marks a
+    cell that is executing as failed. Here the error is collected instead, to be
+    shown in the task's own view.
+    """
+
+    def __init__(self, formatter: Any, errors: list[BaseException]) -> None:
+        self.formatter = formatter
+        self.errors = errors
+        # The undecorated method (functools.wraps keeps it); absent: IPython handles errors.
+        self.raw = getattr(type(formatter).__call__, "__wrapped__", None)
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Any:
+        formatter = self.formatter
+        if self.raw is None:
+            return formatter(obj, **kwargs)
+        try:
+            result = self.raw(formatter, obj, **kwargs)
+        except NotImplementedError:
+            result = None
+        except BaseException as exc:  # (user code: reported, not propagated)
+            self.errors.append(exc)
+            result = None
+        try:
+            return formatter._check_return(result, obj)
+        except Exception as exc:  # an invalid return type (a FormatterWarning raised as an error)
+            self.errors.append(exc)
+            return formatter._check_return(None, obj)
+
+
+def format_result(display_formatter: Any, value: Any) -> Formatted:
+    """``display_formatter.format(value)`` (IPython's rules: ``_ipython_display_``,
+    ``_repr_mimebundle_``, then each enabled formatter, registered printers first),
+    returning the errors that user code raised instead of printing them.
+
+    A result whose ``_repr_html_`` raises keeps its other formats; one whose
+    ``__repr__`` raises has no ``text/plain``.
+    """
+    errors: list[BaseException] = []
+    if _Unguarded(display_formatter.ipython_display_formatter, errors)(value):
+        return {}, {}, errors  # it displayed itself
+    data, metadata = _Unguarded(display_formatter.mimebundle_formatter, errors)(value)
+    data, metadata = dict(data), dict(metadata)
+    for mime, formatter in display_formatter.formatters.items():
+        if mime in data:
+            try:
+                formatter.lookup(value)
+            except KeyError:  # no printer registered for this mime: the bundle's value stands
+                continue
+            except Exception as exc:
+                errors.append(exc)
+                continue
+        result = _Unguarded(formatter, errors)(value)
+        meta = None
+        if isinstance(result, tuple) and len(result) == 2:
+            result, meta = result
+        if result is not None:
+            data[mime] = result
+        if meta is not None:
+            metadata[mime] = meta
+    # What cannot travel to the browser would break the output area for good (every later
+    # sync of its state would fail): drop it, and say so.
+    for mime in list(data):
+        try:
+            _dumps(data[mime])
+        except Exception as exc:
+            del data[mime]
+            metadata.pop(mime, None)
+            errors.append(TypeError(f"the {mime} representation cannot be sent to the browser: {exc}"))
+    return data, metadata, errors
+
+
+def _dumps(value: Any) -> str:
+    """JSON as the kernel's messages encode it (bytes, dates and numbers allowed)."""
+    import json
+
+    default: Callable[[Any], Any] | None
+    try:
+        from jupyter_client.jsonutil import json_default as default
+    except ImportError:  # no kernel machinery: plain JSON
+        default = None
+    return json.dumps(value, default=default, allow_nan=False)
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # (a broken __str__ must not hide the error)
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _placeholder(value: Any, error: BaseException) -> str:
+    """A ``text/plain`` stand-in for a value that could not be represented."""
+    try:
+        what = f"{type(value).__module__}.{type(value).__qualname__}"
+    except BaseException:  # (a hostile metaclass)
+        what = "unknown"
+    return f"<{what} object at {id(value):#x}: its repr raised {type(error).__name__}>"
 
 
 def user_traceback(tb: TracebackType | None) -> TracebackType | None:
@@ -256,4 +380,4 @@ def user_traceback(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
-__all__ = ["CellViews", "LoopLagMonitor", "TaskCellView", "user_traceback"]
+__all__ = ["CellViews", "LoopLagMonitor", "TaskCellView", "format_result", "user_traceback"]

@@ -14,7 +14,11 @@ Protocol (custom messages on the widget's comm):
 * browser -> kernel ``{"type": "sync"}`` (a view asks for a snapshot when it
   renders, so a view opened late shows the current state), ``{"type":
   "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``.
-  The status filter is the synced trait ``status_filter``.
+  The status filter is the synced trait ``status_filter``: the only state the
+  browser may set. A state update carrying anything else (``_rows``,
+  ``_header``, ``task_id``, ``note``, ...) has those keys ignored, and an
+  invalid filter is refused: the kernel keeps its value and sends it back to
+  every view as the echo of that update.
 
 Stable hooks for browser tests (kept exact on purpose):
 
@@ -29,7 +33,9 @@ Stable hooks for browser tests (kept exact on purpose):
   (for example ``data-count-running="3"``);
 * ``tw-cancel-all``, ``tw-clear-finished`` (buttons), ``tw-filter`` (a
   ``select``), ``tw-more`` (the "N more" line), ``tw-note`` (the note text),
-  ``tw-error`` (a failed task's message) and ``tw-traceback`` (a ``details``).
+  ``tw-error`` (a failed task's message) and ``tw-traceback`` (a ``details``);
+* a ``%%task`` view's output area (an ``ipywidgets.Output``) has class
+  ``tw-task-output``.
 
 Every piece of user text (names, ids, metadata, errors, tracebacks) is set with
 ``textContent`` in the browser, never parsed as HTML.
@@ -40,6 +46,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+import re
+import sys
 import time
 import weakref
 from collections import OrderedDict
@@ -61,6 +69,8 @@ _MAX_TRACEBACK = 20_000
 _MAX_META = 300
 _STATUS_VALUES = tuple(s.value for s in TaskStatus)
 _TERMINAL_VALUES = tuple(s.value for s in TaskStatus if s.done)
+#: The synced traits the browser may set; everything else it sends is ignored.
+_FRONTEND_TRAITS = frozenset({"status_filter"})
 _PROGRESS = EventKind.PROGRESS
 _WORKER = EventKind.WORKER
 _FINISHED = EventKind.FINISHED
@@ -105,7 +115,8 @@ def text_table(infos: Iterable[TaskInfo], *, max_rows: int | None = None) -> str
         if max_rows is not None and len(rows) >= max_rows:
             more += 1
             continue
-        error = (info.error or "").splitlines()[0] if info.error else ""
+        shown = _shown_error(info)
+        error = shown.splitlines()[0] if shown else ""
         rows.append((
             _clip(info.id, 24), _clip(info.name, 30), info.status.value, str(info.priority),
             f"{info.progress * 100:5.1f}%", _fmt_seconds(info.elapsed), _clip(error, 60),
@@ -170,10 +181,56 @@ def _meta_text(metadata: Mapping[str, Any]) -> str:
     for key, value in metadata.items():
         try:
             shown = value if isinstance(value, str) else repr(value)
-        except Exception:  # a broken __repr__ must not break the dashboard
+        except BaseException:  # a broken __repr__ (whatever it raises) must not break the dashboard
             shown = f"<{type(value).__name__}>"
         parts.append(f"{key}={_clip(shown, 80)}")
     return _clip(", ".join(parts), _MAX_META)
+
+
+#: A frame line of a formatted traceback (also inside an exception group's ``|`` margin).
+_FRAME_LINE = re.compile(
+    r'^(?P<lead>[ |]*)File "(?P<file>[^"\n]+)", line (?P<line>\d+)(?:, in (?P<func>[^\n]*))?$',
+    re.MULTILINE)
+
+
+def _name_cells(text: str) -> str:
+    """``text`` (a formatted traceback) with notebook cells named as IPython names them.
+
+    Code run from a cell (a ``%%task`` body, a function defined in a cell) is
+    compiled under a temporary file name (``.../ipykernel_<pid>/<hash>.py``);
+    IPython's own tracebacks show it as ``Cell In[N], line L``, through its
+    compiler's ``format_code_name``. The same mapping here makes a row's traceback
+    name the cell as the output area does. Without an IPython shell, or for files
+    that are no cell, the text is unchanged.
+    """
+    ipython = sys.modules.get("IPython")  # never imported here: only used when already loaded
+    shell = ipython.get_ipython() if ipython is not None else None
+    format_code_name = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    if format_code_name is None or 'File "' not in text:
+        return text
+
+    def rename(match: re.Match[str]) -> str:
+        try:
+            named = format_code_name(match["file"])
+        except Exception:  # a custom compiler: keep the file name
+            named = None
+        if not named:
+            return match[0]
+        label, name = named
+        where = f"{match['lead']}{label} {name}, line {match['line']}"
+        func = match["func"]
+        return where if func is None or func == "<module>" else f"{where}, in {func}"
+
+    return _FRAME_LINE.sub(rename, text)
+
+
+def _shown_error(info: TaskInfo) -> str | None:
+    """The task's error message, unless it only repeats its status (a plain cancel says
+    "cancelled", which the status already shows)."""
+    error: str | None = info[6]
+    if error and error.strip().lower() == info[2].value:
+        return None
+    return error
 
 
 def _ms(ts: float | None) -> int | None:
@@ -197,10 +254,11 @@ def make_row(info: TaskInfo) -> dict[str, Any]:
     meta = _meta_text(info[9])
     if meta:
         row["meta"] = meta
-    if info[6]:
-        row["error"] = _clip(info[6], _MAX_ERROR)
+    error = _shown_error(info)
+    if error:
+        row["error"] = _clip(error, _MAX_ERROR)
     if info[8] and status is TaskStatus.FAILED:
-        row["traceback"] = _clip(info[8], _MAX_TRACEBACK)
+        row["traceback"] = _clip(_name_cells(info[8]), _MAX_TRACEBACK)
     return row
 
 
@@ -221,6 +279,9 @@ def _flush_ref(ref: weakref.ReferenceType[Any]) -> None:
 def _build_widget_class() -> type[Any]:
     import anywidget
     import traitlets as t
+
+    class _FilterError(t.TraitError, ValueError):
+        """An invalid ``status_filter`` (a ``ValueError`` that traitlets rolls back)."""
 
     class TaskDashboard(anywidget.AnyWidget):
         """A live table of a worker's tasks, with a Cancel button per task.
@@ -542,7 +603,41 @@ def _build_widget_class() -> type[Any]:
         # ---------------------------------------------------------- front end
         @t.validate("status_filter")
         def _valid_filter(self, proposal: Any) -> str:
-            return _check_filter(proposal["value"])
+            try:
+                return _check_filter(proposal["value"])
+            except ValueError as exc:
+                # A TraitError (that is also the ValueError callers expect) makes
+                # traitlets roll back when validation runs at the end of a hold.
+                raise _FilterError(str(exc)) from None
+
+        def set_state(self, sync_data: Mapping[str, Any]) -> None:
+            """Apply a state update from the browser (ipywidgets calls this for every
+            ``update`` message of the comm).
+
+            The browser owns only ``status_filter``: other keys are ignored, so the
+            rows, header and task id new views receive are always the kernel's. An
+            invalid filter changes nothing. What was refused is sent back with the
+            kernel's values to every view, as the echo of this update (the sender
+            waits for that echo), so the sender is back in sync too.
+            """
+            accepted: dict[str, Any] = {}
+            refused: list[str] = []
+            for name, value in sync_data.items():
+                if name not in _FRONTEND_TRAITS:
+                    if name in self.keys:
+                        logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
+                        refused.append(name)
+                    continue
+                try:
+                    accepted[name] = _check_filter(value)
+                except ValueError as exc:
+                    logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
+                    refused.append(name)
+            if accepted:
+                super().set_state(accepted)
+            if refused:
+                # Plain JSON (no binary buffers among these traits).
+                self._send({"method": "echo_update", "state": self.get_state(refused), "buffer_paths": []})
 
         @t.observe("status_filter")
         def _filter_changed(self, change: Any) -> None:

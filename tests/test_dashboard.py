@@ -134,6 +134,18 @@ def frontend(dash: Any, content: dict[str, Any]) -> None:
     dash._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
 
 
+def frontend_update(dash: Any, state: dict[str, Any]) -> None:
+    """Deliver a state ``update`` as the comm does when the browser saves changes."""
+    dash._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+                      "buffers": []})
+
+
+def sent_state(dash: Any, method: str) -> list[dict[str, Any]]:
+    """The states the kernel sent to the browser with ``method`` ("update" or "echo_update")."""
+    return [data["state"] for kind, data in dash.comm.published
+            if kind == "comm_msg" and data.get("method") == method]
+
+
 async def until(worker: AsyncTaskWorker, task_id: str, status: TaskStatus) -> None:
     """Wait (on worker events, no polling) until the task reaches ``status``."""
     fut = asyncio.get_running_loop().create_future()
@@ -339,6 +351,69 @@ async def test_failed_task_row_carries_error_and_traceback_as_text(
     dash.close()
 
 
+def _fail_here() -> None:
+    raise ValueError("from a cell")
+
+
+async def test_traceback_names_notebook_cells_as_ipython_does(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    # Code compiled from a cell the way IPython and %%task do it: under a file name that
+    # IPython's own tracebacks show as "Cell In[N]".
+    source = "def cell_boom():\n    fail_here()\n"
+    filename = ip.compile.cache(source, 4242)
+    ns: dict[str, Any] = {"fail_here": _fail_here}
+    exec(compile(source, filename, "exec"), ns)
+    task_id = await worker.add_task(ns["cell_boom"])
+    with pytest.raises(ValueError):
+        await worker.wait(task_id)
+    dash = make_dashboard(worker, clock)
+    [row] = dash.rows
+    assert filename in worker.get_task_info(task_id).traceback  # type: ignore[union-attr,operator]
+    assert filename not in row["traceback"]
+    assert "\n  Cell In[4242], line 2, in cell_boom\n    fail_here()\n" in row["traceback"]
+    # Frames of ordinary files keep their file name.
+    assert f'  File "{__file__}", line ' in row["traceback"]
+    dash.close()
+
+
+async def test_metadata_whose_repr_raises_even_a_base_exception_is_shown_safely(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    class Exits:
+        def __repr__(self) -> str:
+            raise SystemExit(3)
+
+    class Raises:
+        def __repr__(self) -> str:
+            raise ValueError("repr boom")
+
+    await worker.add_task(blocker, asyncio.Event(), metadata={"a": Exits(), "b": Raises(), "c": 1})
+    dash = make_dashboard(worker, clock)  # makes the row: must not raise
+    assert dash.rows[0]["meta"] == "a=<Exits>, b=<Raises>, c=1"
+    dash.close()
+
+
+async def test_a_cancelled_row_says_cancelled_once_unless_the_message_says_more(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    plain = await worker.add_task(blocker, asyncio.Event(), task_id="plain")
+    await until(worker, plain, TaskStatus.RUNNING)
+    await worker.cancel_task(plain)
+    stopped = await worker.add_task(blocker, asyncio.Event(), task_id="stopped")
+    await until(worker, stopped, TaskStatus.RUNNING)
+    await worker.stop(timeout=0)
+    dash = make_dashboard(worker, clock)
+    rows = {r["id"]: r for r in dash.rows}
+    assert worker.get_task_info(plain).error == "cancelled"  # type: ignore[union-attr]
+    assert rows["plain"]["status"] == "cancelled" and "error" not in rows["plain"]
+    assert rows["stopped"]["error"] == "cancelled: the worker stopped"
+    lines = {line.split()[0]: line for line in text_table(worker.get_all_tasks()).splitlines()[1:]}
+    assert lines["plain"].count("cancelled") == 1
+    assert "the worker stopped" in lines["stopped"]
+    dash.close()
+
+
 def test_front_end_renders_user_text_only_as_text() -> None:
     js = (STATIC / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
@@ -497,6 +572,99 @@ async def test_cancel_all_and_clear_finished_from_the_front_end(
     clock.advance(1)
     assert dash.rows == []
     assert set(take(dash)[-1]["remove"]) == set(ids)
+    dash.close()
+
+
+async def test_an_invalid_filter_from_the_front_end_is_rejected_and_the_view_keeps_updating(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    gate = asyncio.Event()
+    dash = make_dashboard(worker, clock, status_filter="running")
+    first = await worker.add_task(blocker, gate)
+    await until(worker, first, TaskStatus.RUNNING)
+    clock.advance(1)
+    take(dash)
+    frontend_update(dash, {"status_filter": "bogus"})  # must not raise (the comm would log it)
+    assert dash.status_filter == "running"  # the previous value is kept...
+    # ...and every view (the sender included) is told so, as the echo of its change.
+    assert sent_state(dash, "echo_update")[-1] == {"status_filter": "running"}
+    frontend_update(dash, {"status_filter": 7})
+    assert dash.status_filter == "running"
+    # The view still updates.
+    second = await worker.add_task(blocker, gate)
+    await until(worker, second, TaskStatus.RUNNING)
+    clock.advance(1)
+    [patch] = take(dash)
+    assert [r["id"] for r in patch["upsert"]] == [second]
+    # A valid value is still accepted (canonicalised, and echoed).
+    frontend_update(dash, {"status_filter": "all"})
+    assert dash.status_filter == ""
+    assert sent_state(dash, "echo_update")[-1] == {"status_filter": ""}
+    gate.set()
+    await worker.join()
+    dash.close()
+
+
+async def test_python_assignment_of_an_invalid_filter_raises_and_changes_nothing(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    dash = make_dashboard(worker, clock, status_filter="failed")
+    with pytest.raises(ValueError, match="status_filter must be"):
+        dash.status_filter = "bogus"
+    assert dash.status_filter == "failed"
+    # Also when traitlets defers validation to the end of a hold (it then rolls back).
+    with pytest.raises(ValueError, match="status_filter must be"):
+        with dash.hold_trait_notifications():
+            dash.status_filter = "bogus"
+    assert dash.status_filter == "failed"
+    await worker.add_task(blocker, asyncio.Event())
+    clock.advance(1)  # a flush with the kept filter works
+    assert dash.header["counts"]["running"] + dash.header["counts"]["pending"] == 1
+    dash.close()
+
+
+async def test_kernel_owned_state_from_the_front_end_is_ignored(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    gate = asyncio.Event()
+    real = await worker.add_task(blocker, gate, task_id="real")
+    await until(worker, real, TaskStatus.RUNNING)
+    dash = make_dashboard(worker, clock)
+    clock.advance(1)
+    before = dash.get_state()
+    forged_row = {**dash.rows[0], "id": "forged", "name": "forged"}
+    frontend_update(dash, {"_rows": {"forged": forged_row}, "_header": {"total": 99},
+                           "task_id": "real", "note": "forged", "status_filter": "running"})
+    # The front end's own setting is taken; nothing of the kernel's.
+    assert dash.status_filter == "running"
+    state = dash.get_state()
+    assert state["_rows"] == before["_rows"] and "forged" not in state["_rows"]
+    assert state["_header"] == before["_header"]
+    assert state["task_id"] == "" and state["note"] == ""
+    # The views get the kernel's values back (the sender is back in sync; nothing forged spreads).
+    [echo] = [e for e in sent_state(dash, "echo_update") if "_rows" in e]
+    assert echo["_rows"] == before["_rows"] and echo["_header"] == before["_header"]
+    assert echo["task_id"] == "" and echo["note"] == ""
+    # Rows still follow the worker: the dict the kernel mutates is the one new views receive.
+    await worker.add_task(blocker, gate, task_id="next")
+    await until(worker, "next", TaskStatus.RUNNING)
+    clock.advance(1)
+    assert set(dash.get_state()["_rows"]) == {"real", "next"}
+    assert {r["id"] for r in dash.rows} == {"real", "next"}
+    gate.set()
+    await worker.join()
+    dash.close()
+
+
+async def test_a_single_task_view_keeps_its_task_whatever_the_front_end_sends(
+        worker: AsyncTaskWorker, clock: FakeClock) -> None:
+    gate = asyncio.Event()
+    mine = await worker.add_task(blocker, gate, task_id="mine")
+    await worker.add_task(blocker, gate, task_id="other")
+    dash = make_dashboard(worker, clock, task_id=mine)
+    frontend_update(dash, {"task_id": "other", "_rows": {}})
+    assert dash.task_id == "mine"
+    assert [r["id"] for r in dash.rows] == ["mine"]
+    assert set(dash.get_state()["_rows"]) == {"mine"}
+    gate.set()
+    await worker.join()
     dash.close()
 
 

@@ -15,6 +15,10 @@
 const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
 const ACTIVE = new Set(["pending", "running"]);
 const COLUMNS = ["Task", "Priority", "Status", "Progress", "Elapsed", ""];
+// Content widths (px) below which the header goes compact (.tw-narrow: counts without their
+// labels) and may wrap (.tw-tiny). The full header needs about 985 px.
+const NARROW_PX = 1000;
+const TINY_PX = 560;
 
 function h(tag, cls, text) {
   const el = document.createElement(tag);
@@ -90,14 +94,15 @@ class RowView {
   update(row) {
     const old = this.row;
     this.row = row;
-    if (!old || old.id !== row.id) {
+    if (!old || old.id !== row.id || old.name !== row.name) {
+      // The id only where it adds something: not when it is the name, and not in a
+      // task's own view (its name is enough there; the id stays in the tooltip).
       this.el.dataset.taskId = row.id;
       this.id.textContent = row.id;
       this.id.title = row.id;
-    }
-    if (!old || old.name !== row.name) {
+      this.id.hidden = this.view.single || row.id === row.name;
       this.name.textContent = row.name;
-      this.name.title = row.name;
+      this.name.title = row.id === row.name ? row.name : `${row.name} (id ${row.id})`;
       this.bar.setAttribute("aria-label", `progress of ${row.name}`);
       this.button.setAttribute("aria-label", `Cancel ${row.name}`);
     }
@@ -105,7 +110,10 @@ class RowView {
       this.meta.textContent = row.meta || "";
       this.meta.hidden = !row.meta;
     }
-    if (!old || old.priority !== row.priority) this.priority.textContent = String(row.priority);
+    if (!old || old.priority !== row.priority) {
+      // The table has a "Priority" column header; a task's own view has no header.
+      this.priority.textContent = this.view.single ? `priority ${row.priority}` : String(row.priority);
+    }
     if (!old || old.status !== row.status) {
       if (old) this.el.classList.remove(`tw-status-${old.status}`);
       this.el.classList.add(`tw-status-${row.status}`);
@@ -198,6 +206,24 @@ class DashboardView {
     this.renderNote();
     this.onFilter();
     this.timer = setInterval(() => this.tick(), 1000);
+    // The header fits the width the view gets (a class, not a container query: no size
+    // containment, so hosts that size outputs to their content still work).
+    this.resizer = null;
+    if (!this.single && typeof ResizeObserver !== "undefined") {
+      this.resizer = new ResizeObserver((entries) => {
+        const width = entries[entries.length - 1].contentRect.width;
+        const narrow = width < NARROW_PX;
+        const tiny = width < TINY_PX;
+        if (narrow === this.root.classList.contains("tw-narrow") && tiny === this.root.classList.contains("tw-tiny")) return;
+        // Next frame: changing the height of what is observed while it is being reported
+        // would be a "ResizeObserver loop" error.
+        requestAnimationFrame(() => {
+          this.root.classList.toggle("tw-narrow", narrow);
+          this.root.classList.toggle("tw-tiny", tiny);
+        });
+      });
+      this.resizer.observe(this.root);
+    }
     // The model's state may predate this view: ask the kernel for the current one.
     model.send({ type: "sync" });
   }
@@ -344,6 +370,7 @@ class DashboardView {
 
   destroy() {
     clearInterval(this.timer);
+    if (this.resizer) this.resizer.disconnect();
     this.model.off("msg:custom", this.onMsg);
     this.model.off("change:note", this.onNote);
     this.model.off("change:status_filter", this.onFilter);

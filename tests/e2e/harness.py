@@ -307,6 +307,40 @@ def output_texts(b: Browser) -> list[str]:
         .map(c => { const o = c.querySelector('.jp-Cell-outputArea'); return o ? o.textContent : ''; })"""))
 
 
+def set_notebook_width(b: Browser, width: int) -> None:
+    """Resize the window so that the open notebook's panel is ``width`` CSS pixels wide
+    (JupyterLab's side panels collapsed first, as on a narrow screen)."""
+    b.page.evaluate("""() => { const shell = window.jupyterapp.shell;
+        if (shell.collapseLeft) shell.collapseLeft();
+        if (shell.collapseRight) shell.collapseRight(); }""")
+    height = b.page.viewport_size["height"] if b.page.viewport_size else 900
+    viewport = width
+    for _ in range(3):  # the panel's margins depend on the frontend: converge on them
+        b.page.set_viewport_size({"width": viewport, "height": height})
+        b.page.evaluate(_TWO_FRAMES_JS)
+        panel = b.page.evaluate(
+            "() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)')"
+            ".getBoundingClientRect().width")
+        if abs(panel - width) < 1:
+            return
+        viewport += round(width - panel)
+
+
+def line_count(target: Locator) -> int:
+    """How many lines the visible children of ``target`` are laid out on."""
+    return int(target.evaluate("""el => {
+        const tops = [];
+        for (const child of el.children) {
+            const r = child.getBoundingClientRect();
+            if (r.width === 0 && r.height === 0) continue;
+            if (!tops.some(t => Math.abs(t - (r.top + r.bottom) / 2) < r.height / 2)) {
+                tops.push((r.top + r.bottom) / 2);
+            }
+        }
+        return tops.length;
+    }"""))
+
+
 def unexpected_errors(b: Browser) -> list[str]:
     """Console errors and uncaught exceptions, minus the known upstream ones."""
     return [
@@ -328,5 +362,6 @@ def assert_page_clean(b: Browser) -> None:
 
 __all__ = [
     "Browser", "JupyterServer", "assert_page_clean", "cells", "code_cell", "copy_notebook",
-    "open_notebook", "output_texts", "run_all_cells", "write_notebook",
+    "line_count", "open_notebook", "output_texts", "run_all_cells", "set_notebook_width",
+    "write_notebook",
 ]
