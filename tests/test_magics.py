@@ -538,18 +538,22 @@ def test_two_concurrent_for_loops_keep_their_own_loop_variable(ip: Any) -> None:
 
 
 def test_two_concurrent_thread_bodies_keep_their_own_names(ip: Any) -> None:
-    ip.user_ns["turn_a"] = threading.Event()
-    ip.user_ns["turn_b"] = threading.Event()
+    assigned = ip.user_ns["assigned_by_a"] = threading.Event()
+    turn_a = ip.user_ns["turn_a"] = threading.Event()
     with extension(ip):
-        # Each assigns `mine`, then waits until the other has assigned it too.
+        # a assigns `mine` and waits while b assigns it too and ends.
         ip.run_cell_magic("task", "-n thread_a",
-                          "mine = 'a'\nturn_b.set()\nturn_a.wait()\nkept_by_a = mine")
-        ip.run_cell_magic("task", "-n thread_b",
-                          "turn_b.wait()\nmine = 'b'\nturn_a.set()\nkept_by_b = mine")
-        finish("thread_a")
+                          "mine = 'a'\nassigned_by_a.set()\nturn_a.wait()\nkept_by_a = mine")
+        run_until(assigned)
+        ip.run_cell("pass")  # a cell: a's names reach the notebook first
+        assert ip.user_ns["mine"] == "a"
+        ip.run_cell_magic("task", "-n thread_b", "mine = 'b'\nkept_by_b = mine")
         finish("thread_b")
+        assert ip.user_ns["mine"] == "b"
+        turn_a.set()
+        finish("thread_a")
     assert (ip.user_ns["kept_by_a"], ip.user_ns["kept_by_b"]) == ("a", "b")
-    assert ip.user_ns["mine"] == "b"  # the last assignment reached the notebook
+    assert ip.user_ns["mine"] == "b"  # a did not change it since: b's value is kept
 
 
 def test_assigned_names_reach_the_notebook_while_the_body_runs(ip: Any) -> None:
@@ -563,9 +567,13 @@ def test_assigned_names_reach_the_notebook_while_the_body_runs(ip: Any) -> None:
             "    if step == 1:\n"
             "        halfway.set()\n"
             "        gate.wait()\n"))
-        run_until(halfway)
-        assert ip.user_ns["growing"] == [0, 1] and ip.user_ns["step"] == 1  # live
-        gate.set()
+        try:
+            run_until(halfway)
+            # A cell run meanwhile sees them (they are synced before every cell).
+            ip.run_cell("peeked = (list(growing), step)").raise_error()
+            assert ip.user_ns["peeked"] == ([0, 1], 1)
+        finally:
+            gate.set()
         assert finish("grower").status == "completed"
     assert ip.user_ns["growing"] == [0, 1, 2] and ip.user_ns["step"] == 2
 
@@ -628,9 +636,13 @@ def test_del_and_a_top_level_global_act_on_the_notebook(ip: Any) -> None:
     with extension(ip):
         ip.run_cell_magic("task", "-n globals_and_del",
                           "del doomed\nglobal top_level\ntop_level = 'live'\nreached.set()\ngate.wait()")
-        run_until(reached)
-        assert "doomed" not in ip.user_ns and ip.user_ns["top_level"] == "live"
-        gate.set()
+        try:
+            run_until(reached)
+            assert "doomed" not in ip.user_ns  # at once
+            ip.run_cell("pass")
+            assert ip.user_ns["top_level"] == "live"
+        finally:
+            gate.set()
         assert finish("globals_and_del").status == "completed"
 
 
