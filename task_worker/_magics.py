@@ -213,8 +213,8 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
     runner: Callable[..., Any]
     if run_async:
         async def run_cell_async() -> Any:
-            live.start(ns, asyncio.get_running_loop())
             try:
+                live.start(ns, asyncio.get_running_loop())
                 value = await code.run_async(ns)
             finally:
                 live.finish(ns)
@@ -225,8 +225,8 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
         runner = run_cell_async
     else:
         def run_cell_in_thread() -> Any:
-            live.start(ns, loop)
-            try:
+            try:  # start inside: a cancellation injected right away must not leave it running
+                live.start(ns, loop)
                 value = code.run_sync(ns)
             finally:
                 live.finish(ns)

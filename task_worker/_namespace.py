@@ -241,13 +241,17 @@ class LiveNamespaces:
         await fut
 
     def close(self) -> None:
-        """Stop the periodic sync for good (the extension is unloaded)."""
+        """Stop the periodic sync for good (the extension is unloaded); pending
+        ``next_tick`` calls are cancelled."""
         with self._lock:
             self._closed = True
             handle, self._handle = self._handle, None
             self._armed = False
         if handle is not None:
             handle.cancel()
+        ticked, self._ticked = self._ticked, []
+        for fut in ticked:
+            fut.cancel()
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:

@@ -660,8 +660,7 @@ def test_running_bodies_reach_the_notebook_on_the_loop_without_a_cell(ip: Any) -
         finally:
             gate.set()
         assert finish("ticked").status == "completed"
-        get_asyncio_loop().run_until_complete(asyncio.sleep(0))  # let a due tick see no body
-        if m.live.ticking:
+        if m.live.ticking:  # one more tick, which finds no body
             get_asyncio_loop().run_until_complete(m.live.next_tick())
         assert not m.live.ticking and len(m.live) == 0  # the chain ended with the last body
 
