@@ -685,6 +685,24 @@ def test_while_it_runs_the_task_wins_for_names_it_changes_only(ip: Any) -> None:
     assert "rule_dropped" not in ip.user_ns  # deleted by the task, and still its value
 
 
+def test_syncing_a_thread_body_while_it_adds_and_removes_names_is_safe(ip: Any) -> None:
+    started = ip.user_ns["churn_started"] = threading.Event()
+    with extension(ip):
+        ip.run_cell_magic("task", "-n churn", (
+            "churn_started.set()\n"
+            "for k in range(200_000):\n"
+            "    globals()[f'churn_{k % 2000}'] = k\n"
+            "    if k % 3 == 0:\n"
+            "        del globals()[f'churn_{k % 2000}']\n"))
+        run_until(started)
+        for _ in range(20):  # each cell syncs while the thread changes the dict
+            ip.run_cell("pass").raise_error()
+        assert finish("churn").status == "completed"
+    expected = {f"churn_{k % 2000}": k for k in range(198_000, 200_000) if k % 3}
+    synced = {k: v for k, v in ip.user_ns.items() if k.startswith("churn_") and k[6:].isdigit()}
+    assert synced == expected
+
+
 def test_del_at_the_top_level_of_a_body(ip: Any) -> None:
     ip.user_ns.update(del_nb_a=1, del_nb_b=2, del_box={"k": 1})
     with extension(ip):
