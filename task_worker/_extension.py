@@ -1,6 +1,7 @@
 """``%load_ext task_worker`` / ``%unload_ext task_worker``: install and remove the extension.
 
-Loading registers ``TaskMagics``, installs the output routing (in a kernel),
+Loading registers ``TaskMagics``, syncs the running bodies' namespaces to the
+notebook before every cell (a ``pre_run_cell`` event), installs the output routing (in a kernel),
 the ``input()`` guard and the tqdm bridge (``_output.guard_input``, ``_tqdm``),
 names the ``task_worker`` module in the user namespace (unless the name is taken),
 creates the session worker (started on the running loop, or on IPython's asyncio
@@ -125,6 +126,8 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
         capture.install()
     try:
         _install_hooks(state)
+        ip.events.register("pre_run_cell", magics.live.sync_all)
+        state.undo.append(lambda: ip.events.unregister("pre_run_cell", magics.live.sync_all))
         ip.register_magics(magics)
         magics._worker()  # create and start the session worker
     except BaseException:
@@ -198,6 +201,7 @@ def _undo(state: _Loaded) -> None:
         if state.shell.user_ns.get("task_worker") is task_worker:  # still ours
             del state.shell.user_ns["task_worker"]
     state.magics.close_widgets()
+    state.magics.live.close()
     if state.capture is not None:
         state.capture.uninstall()
     while state.undo:

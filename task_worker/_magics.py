@@ -32,7 +32,7 @@ from IPython.utils.text import dedent
 from . import _session
 from ._cellview import CellViews, user_traceback
 from ._info import TaskInfo
-from ._namespace import task_namespace
+from ._namespace import DELETE_HELPER, LiveNamespaces, task_namespace
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._worker import AsyncTaskWorker
@@ -104,8 +104,9 @@ def _unquote(text: str) -> str:
 def compile_cell(shell: Any, cell: str) -> CellCode:
     """Compile ``cell`` as IPython would, allowing top-level ``await``.
 
-    A top-level ``global`` statement is dropped (it changes nothing in a cell, and
-    keeping it would bypass the task namespace's mirroring).
+    A top-level ``global`` statement is dropped (it changes nothing in a cell).
+    A top-level ``del x`` first asks the task namespace to remove ``x`` from the
+    notebook (see ``_namespace``).
 
     Raises:
         SyntaxError: the cell is not valid Python (after IPython's transforms).
@@ -117,7 +118,7 @@ def compile_cell(shell: Any, cell: str) -> CellCode:
     # Future imports of earlier cells apply, as in a normal cell; this module's do not.
     flags = _COMPILE_FLAGS | (getattr(shell.compile, "flags", 0) & _FUTURE_FLAGS)
     whole = compile(source, filename, "exec", flags=flags, dont_inherit=True)
-    tree = _TopLevelGlobals().visit(ast.parse(source, filename))
+    tree = _TopLevelDel().visit(_TopLevelGlobals().visit(ast.parse(source, filename)))
     _refuse_nested_global(tree)
     nodes = tree.body
     last = None
@@ -151,6 +152,39 @@ class _TopLevelGlobals(ast.NodeTransformer):
         return super().generic_visit(node)
 
 
+class _TopLevelDel(ast.NodeTransformer):
+    """``del a, b[0]`` at the top level of the body (not in nested scopes) becomes
+    ``if __task_worker_del__('a'): del a`` then ``del b[0]``: the task namespace
+    removes ``a`` from the notebook and says whether the ``del`` must still run."""
+
+    def visit_Delete(self, node: ast.Delete) -> list[ast.stmt]:
+        stmts: list[ast.stmt] = []
+        for target in _flat_targets(node.targets):
+            if isinstance(target, ast.Name):
+                helper = ast.Call(ast.Name(DELETE_HELPER, ast.Load()), [ast.Constant(target.id)], [])
+                stmt: ast.stmt = ast.If(helper, [ast.Delete([target])], [])
+            else:
+                stmt = ast.Delete([target])
+            stmts.append(ast.fix_missing_locations(ast.copy_location(stmt, target)))
+        return stmts
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, _SCOPES):
+            return node
+        return super().generic_visit(node)
+
+
+def _flat_targets(targets: list[ast.expr]) -> list[ast.expr]:
+    # `del (a, [b, c])` deletes a, b, c in that order.
+    flat: list[ast.expr] = []
+    for target in targets:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            flat.extend(_flat_targets(target.elts))
+        else:
+            flat.append(target)
+    return flat
+
+
 def _refuse_nested_global(tree: ast.Module) -> None:
     for node in ast.walk(tree):
         if isinstance(node, ast.Global):  # top-level ones are gone: this one is nested
@@ -163,21 +197,27 @@ def _refuse_nested_global(tree: ast.Module) -> None:
 
 
 def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, name: str,
-                out: str | None) -> Callable[..., Any]:
+                out: str | None, live: LiveNamespaces | None = None,
+                loop: asyncio.AbstractEventLoop | None = None) -> Callable[..., Any]:
     """The task function for a compiled cell: a coroutine function (runs on the loop)
     or a plain one (runs in a worker thread), named ``name``.
 
     The body runs in its own ``TaskNamespace`` over ``user_ns`` (made now, in the
     submitting cell), which is finished when the body ends, whatever the outcome.
+    With ``live``, the namespace is synced to ``user_ns`` while the body runs
+    (a thread body needs ``loop``, the worker's loop, for the periodic sync).
     """
     ns = task_namespace(user_ns)
+    if live is None:
+        live = LiveNamespaces()  # a private one: syncs only on the periodic tick and at the end
     runner: Callable[..., Any]
     if run_async:
         async def run_cell_async() -> Any:
             try:
+                live.start(ns, asyncio.get_running_loop())
                 value = await code.run_async(ns)
             finally:
-                ns.finish()
+                live.finish(ns)
             if out is not None:
                 user_ns[out] = value
             return value
@@ -185,10 +225,11 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
         runner = run_cell_async
     else:
         def run_cell_in_thread() -> Any:
-            try:
+            try:  # start inside: a cancellation injected right away must not leave it running
+                live.start(ns, loop)
                 value = code.run_sync(ns)
             finally:
-                ns.finish()
+                live.finish(ns)
             if out is not None:
                 user_ns[out] = value
             return value
@@ -219,7 +260,8 @@ def _cell_options() -> None:
     The cell returns at once and shows the task's view: status, progress,
     elapsed time, a Cancel button and the task's own output area. Names the
     body assigns are its own (another task cannot change them) and reach the
-    user namespace as they are assigned; the value of a final expression is the
+    user namespace before each cell you run, about every 0.1 s while the body
+    runs, and when it ends; the value of a final expression is the
     task's result. Inside the body, ``task_worker.report_progress(x)`` and
     ``task_worker.tqdm`` drive the progress bar. Get the result later with
     ``await task_worker.wait(NAME)`` or ``%task result NAME``.
@@ -276,6 +318,9 @@ class TaskMagics(Magics):
         self.views = views if views is not None else CellViews(shell)
         self.widgets = getattr(shell, "kernel", None) is not None if widgets is None else widgets
         self.check_environment = check_environment
+        #: The namespaces of the running bodies, synced to the notebook (the
+        #: extension also syncs them before each cell).
+        self.live = LiveNamespaces()
         #: Dashboards shown by ``%tasks`` (closed on unload).
         self.dashboards: list[Any] = []
         self._parser = _line_parser()
@@ -320,7 +365,8 @@ class TaskMagics(Magics):
         number = cell_number(self._ip)
         name = args.name if args.name is not None else f"In[{number}]"
         task_id = args.name if args.name is not None and args.name not in worker else None
-        runner = make_runner(code, self._ip.user_ns, run_async=run_async, name=name, out=args.out)
+        runner = make_runner(code, self._ip.user_ns, run_async=run_async, name=name, out=args.out,
+                             live=self.live, loop=worker.loop)
         options = dict(
             priority=args.priority, task_id=task_id, timeout=args.timeout,
             metadata={"source": "%%task", "cell": number,

@@ -233,12 +233,28 @@ def test_another_cell_sees_the_names_a_running_body_assigns(kernel: KernelSessio
         "    if peek_step == 1:\n"
         "        peek_reached.set()\n"
         "        peek_gate.wait()\n")
-    r = kernel.execute("assert await asyncio.to_thread(peek_reached.wait, 20)\n"
-                       "print(peeked_list, peek_step)")
+    kernel.execute("assert await asyncio.to_thread(peek_reached.wait, 20)")
+    r = kernel.execute("print(peeked_list, peek_step)")  # synced before this cell runs
     assert r.stdout.strip() == "[0, 1] 1"
     r = kernel.execute("peek_gate.set()\nawait task_worker.wait('peeked', timeout=20)\n"
                        "print(peeked_list, peek_step)")
     assert r.stdout.strip() == "[0, 1, 2] 2"
+
+
+def test_another_task_sees_a_running_bodys_names_without_a_cell(kernel: KernelSession) -> None:
+    kernel.execute("tick_reached = threading.Event()\ntick_gate = threading.Event()")
+    kernel.execute("%%task -n tick_writer\ntick_value = 'from the writer'\ntick_reached.set()\n"
+                   "tick_gate.wait()")
+    kernel.execute(
+        "%%task -n tick_reader\n"
+        "await asyncio.to_thread(tick_reached.wait, 20)\n"
+        "await get_ipython().magics_manager.registry['TaskMagics'].live.next_tick()\n"
+        "seen_by_reader = tick_value\n"
+        "tick_gate.set()\n")
+    r = kernel.execute("await task_worker.wait('tick_reader', timeout=20)\n"
+                       "await task_worker.wait('tick_writer', timeout=20)\n"
+                       "print(seen_by_reader)")
+    assert r.stdout.strip() == "from the writer"
 
 
 def test_functions_classes_and_a_failing_body_keep_the_namespace_rules(kernel: KernelSession) -> None:
