@@ -725,26 +725,16 @@ def test_del_at_the_top_level_of_a_body(ip: Any) -> None:
     assert ip.user_ns["del_box"] == {}
 
 
-def test_assignments_use_dicts_own_slots_and_cost_about_what_they_cost_in_a_cell() -> None:
-    import builtins
-    import time
-
+def test_assignments_use_dicts_own_slots() -> None:
+    """Module-level assignments in a body cost what they cost in a cell: an override of either
+    method would put Python code or a method lookup on every STORE_NAME (measured, not asserted
+    here: `python benchmarks/bench_namespace.py`)."""
     from task_worker._namespace import TaskNamespace, task_namespace
 
-    # An override of either method puts Python code or a method lookup on every STORE_NAME.
     assert TaskNamespace.__setitem__ is dict.__setitem__
     assert TaskNamespace.__delitem__ is dict.__delitem__
-    code = compile("total = 0\nfor i in range(100_000):\n    total += i\n", "<body>", "exec")
-    cell: dict[str, Any] = {"__builtins__": builtins}
-    task = task_namespace({"__builtins__": builtins})
-    best = {"cell": float("inf"), "task": float("inf")}
-    for _ in range(7):  # best of interleaved runs: both see the same machine load
-        for label, ns in (("cell", cell), ("task", task)):
-            t0 = time.perf_counter()
-            exec(code, ns)
-            best[label] = min(best[label], time.perf_counter() - t0)
-    print(f"top-level loop: cell {best['cell'] * 1000:.1f} ms, task {best['task'] * 1000:.1f} ms")
-    assert best["task"] < 2.5 * best["cell"]  # measured 0.9-1.5x; it was 5-6x
+    ns = task_namespace({"__builtins__": __builtins__})
+    assert type(ns).__setitem__ is dict.__setitem__ and type(ns).__delitem__ is dict.__delitem__
 
 
 def test_global_in_a_function_defined_in_the_body_is_refused_at_once(ip: Any) -> None:
@@ -755,21 +745,13 @@ def test_global_in_a_function_defined_in_the_body_is_refused_at_once(ip: Any) ->
         assert len(task_worker.get_worker()) == 0
 
 
-def test_a_tight_loop_in_a_body_costs_a_small_factor(ip: Any) -> None:
-    # A guard against pathological slowdowns, not a benchmark (the machine is shared).
-    import time
-
+def test_a_tight_loop_in_a_body_gives_the_cells_result(ip: Any) -> None:
     cell = "acc = 0\nfor j in range(200_000):\n    acc += j\n"
     with extension(ip):
-        t0 = time.perf_counter()
-        ip.run_cell(cell).raise_error()
-        plain = time.perf_counter() - t0
         ip.run_cell_magic("task", "-n tight --async", cell + "acc")
-        t0 = time.perf_counter()
         assert finish("tight").result == sum(range(200_000))
-        in_task = time.perf_counter() - t0
-    print(f"tight loop: cell {plain * 1000:.0f} ms, task {in_task * 1000:.0f} ms")
-    assert in_task < 20 * plain + 0.5
+        ip.run_cell("pass")  # a cell syncs the body's names (it has ended anyway)
+        assert ip.user_ns["acc"] == sum(range(200_000)) and ip.user_ns["j"] == 199_999
 
 
 # ------------------------------------------------------ the name task_worker
