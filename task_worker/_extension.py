@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _session
+from ._figures import FigureRouting
 from ._magics import TaskMagics
 from ._output import OutputCapture
 
@@ -66,6 +67,8 @@ class _Loaded:
     magics: TaskMagics
     capture: OutputCapture | None
     warned: set[str] = field(default_factory=set)
+    #: Matplotlib figures of %%task bodies shown in their own areas (with ``capture``).
+    figures: FigureRouting | None = None
 
     def check_environment(self) -> None:
         """Warn (once each) about nest_asyncio and a terminal loop that does not run."""
@@ -112,10 +115,12 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
         from ._dashboard import TaskDashboard  # noqa: F401
     capture = OutputCapture(ip) if widgets else None
     magics = TaskMagics(ip, widgets=widgets)
-    state = _Loaded(ip, magics, capture)
+    state = _Loaded(ip, magics, capture, figures=FigureRouting(ip) if widgets else None)
     magics.check_environment = state.check_environment
     if capture is not None:
         capture.install()
+    if state.figures is not None:
+        state.figures.install()
     try:
         ip.register_magics(magics)
         magics._worker()  # create and start the session worker
@@ -162,6 +167,8 @@ def _stop_done(fut: asyncio.Future[None]) -> None:
 
 def _undo(state: _Loaded) -> None:
     state.magics.close_widgets()
+    if state.figures is not None:
+        state.figures.uninstall()
     if state.capture is not None:
         state.capture.uninstall()
     _unregister_magics(state.shell, state.magics)

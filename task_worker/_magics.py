@@ -31,6 +31,7 @@ from IPython.utils.text import dedent
 
 from . import _session
 from ._cellview import CellViews, user_traceback
+from ._figures import task_figures
 from ._info import TaskInfo
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
@@ -136,7 +137,8 @@ def make_runner(code: CellCode, ns: dict[str, Any], *, run_async: bool, name: st
     runner: Callable[..., Any]
     if run_async:
         async def run_cell_async() -> Any:
-            value = await code.run_async(ns)
+            with task_figures():  # its pyplot figures: its own, shown in its area
+                value = await code.run_async(ns)
             if out is not None:
                 ns[out] = value
             return value
@@ -144,7 +146,8 @@ def make_runner(code: CellCode, ns: dict[str, Any], *, run_async: bool, name: st
         runner = run_cell_async
     else:
         def run_cell_in_thread() -> Any:
-            value = code.run_sync(ns)
+            with task_figures():
+                value = code.run_sync(ns)
             if out is not None:
                 ns[out] = value
             return value
