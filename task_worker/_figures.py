@@ -341,6 +341,7 @@ class FigureRouting:
         self._watcher: _ImportWatcher | None = None
         self._formatter: Any = None
         self._saved_format: Any = None
+        self._wrapper: _FormatWrapper | None = None
         self._state_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -366,7 +367,7 @@ class FigureRouting:
             _gcf_patch.acquire()
             formatter = self._formatter = self.shell.display_formatter
             self._saved_format = vars(formatter).get("format", _MISSING)
-            formatter.format = _wrap_format(formatter.format)
+            self._wrapper = formatter.format = _FormatWrapper(formatter.format)
             self.active = True
 
     def _remove_watcher(self) -> None:
@@ -384,10 +385,14 @@ class FigureRouting:
             if self.active:
                 _gcf_patch.release()
                 formatter = self._formatter
-                if self._saved_format is _MISSING:
+                if vars(formatter).get("format") is not self._wrapper:
+                    # Someone wrapped ours since: leave theirs in place; ours passes through.
+                    self._wrapper.passthrough = True  # type: ignore[union-attr]
+                elif self._saved_format is _MISSING:
                     vars(formatter).pop("format", None)
                 else:
                     formatter.format = self._saved_format
+                self._wrapper = None
                 self._formatter = self._saved_format = None
                 self.active = False
             self.installed = False
@@ -396,10 +401,19 @@ class FigureRouting:
 _MISSING = object()
 
 
-def _wrap_format(original: Callable[..., Any]) -> Callable[..., Any]:
-    def format(obj: Any, *args: Any, **kwargs: Any) -> Any:
+class _FormatWrapper:
+    """Stands in for ``display_formatter.format``: renders a figure under its lock and
+    notes what a task rendered (to show a figure at the body's end only if it changed)."""
+
+    def __init__(self, original: Callable[..., Any]) -> None:
+        self.__wrapped__ = original
+        #: True once uninstalled while someone else's wrapper sits on top of it.
+        self.passthrough = False
+
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        original = self.__wrapped__
         figure_module = sys.modules.get("matplotlib.figure")
-        if figure_module is None or not isinstance(obj, figure_module.Figure):
+        if self.passthrough or figure_module is None or not isinstance(obj, figure_module.Figure):
             return original(obj, *args, **kwargs)
         with _render_lock(obj):
             result = original(obj, *args, **kwargs)
@@ -407,9 +421,6 @@ def _wrap_format(original: Callable[..., Any]) -> Callable[..., Any]:
         if record is not None and isinstance(result, tuple) and result and result[0]:
             record.note_shown(obj, result[0])
         return result
-
-    format.__wrapped__ = original  # type: ignore[attr-defined]
-    return format
 
 
 __all__ = ["FigureRouting", "TaskFigures", "current_figures", "task_figures"]
