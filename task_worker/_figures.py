@@ -112,6 +112,10 @@ class TaskFigures:
                 publish_display_data(data, metadata)  # type: ignore[no-untyped-call]
             except Exception as exc:  # show it where the figure should have been
                 _report(exc)
+        # Shown here: the backend's queue for the next cell's flush must not show them again.
+        queued = getattr(inline.show, "_to_draw", None)
+        if isinstance(queued, list):
+            inline.show._to_draw = [f for f in queued if f not in figures]
         if inline.InlineBackend.instance().close_figures:
             gcf = _gcf_class()
             for fig in figures:

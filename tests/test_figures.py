@@ -151,6 +151,25 @@ def test_failing_body_still_shows_its_open_figure(
     assert images(published) == 0
 
 
+def test_with_close_figures_off_a_task_figure_stays_open_and_no_later_cell_shows_it(
+        ip: Any, published: list[dict[str, Any]], inline: Any) -> None:
+    from matplotlib_inline.config import InlineBackend
+
+    config = InlineBackend.instance()
+    config.close_figures = False
+    try:
+        with extension(ip) as m:
+            ip.run_cell_magic("task", "-n keep_f6", "fig_f6 = plt.figure()\nplt.plot([1, 4])\n")
+            finish("keep_f6")
+            assert len(view_images(m, "keep_f6")) == 1
+            ip.run_cell("after_f6 = 1")
+            fig = ip.user_ns["fig_f6"]
+            assert plt.fignum_exists(fig.number) and plt.gcf() is fig  # an ordinary figure now
+    finally:
+        config.close_figures = True
+    assert images(published) == 0
+
+
 def test_without_the_inline_flush_figures_stay_open_and_become_ordinary(ip: Any) -> None:
     plt.switch_backend("agg")
     with extension(ip) as m:

@@ -72,9 +72,12 @@ def _wait_images(kernel: KernelSession, output: str, n: int) -> list[str]:
 
 
 def _finish(kernel: KernelSession, name: str) -> None:
-    kernel.execute(f"await task_worker.wait({name!r})", timeout=60)
-    # The view updates its output area in batches: read until the widget is quiet.
-    kernel.execute("await asyncio.sleep(0.3)")
+    """Wait for the task, then push what its output area still buffers into the widget now
+    (the area updates in batches), so every image the task produced has reached the widget."""
+    kernel.execute(
+        f"await task_worker.wait({name!r})\n"
+        "get_ipython().magics_manager.registry['TaskMagics'].views.get(\n"
+        f"    task_worker.get_worker(), {name!r}).sink.flush()", timeout=60)
 
 
 def test_display_fig_from_a_thread_task_draws_in_its_view_while_other_cells_run(
