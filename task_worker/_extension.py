@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _session
+from ._figures import FigureRouting
 from ._magics import TaskMagics
 from ._output import OutputCapture, guard_input
 
@@ -74,6 +75,8 @@ class _Loaded:
     undo: list[Callable[[], None]] = field(default_factory=list)
     #: ``load`` put the ``task_worker`` module in the user namespace (the name was free).
     named: bool = False
+    #: Matplotlib figures of %%task bodies shown in their own areas (with ``capture``).
+    figures: FigureRouting | None = None
 
     def check_environment(self) -> None:
         """Warn (once each) about nest_asyncio and a terminal loop that does not run."""
@@ -120,10 +123,12 @@ def load(ip: Any, *, widgets: bool | None = None) -> None:
         from ._dashboard import TaskDashboard  # noqa: F401
     capture = OutputCapture(ip) if widgets else None
     magics = TaskMagics(ip, widgets=widgets)
-    state = _Loaded(ip, magics, capture)
+    state = _Loaded(ip, magics, capture, figures=FigureRouting(ip) if widgets else None)
     magics.check_environment = state.check_environment
     if capture is not None:
         capture.install()
+    if state.figures is not None:
+        state.figures.install()
     try:
         _install_hooks(state)
         ip.events.register("pre_run_cell", magics.live.sync_all)
@@ -202,6 +207,8 @@ def _undo(state: _Loaded) -> None:
             del state.shell.user_ns["task_worker"]
     state.magics.close_widgets()
     state.magics.live.close()
+    if state.figures is not None:
+        state.figures.uninstall()
     if state.capture is not None:
         state.capture.uninstall()
     while state.undo:

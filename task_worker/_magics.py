@@ -31,6 +31,7 @@ from IPython.utils.text import dedent
 
 from . import _session
 from ._cellview import CellViews, user_traceback
+from ._figures import task_figures
 from ._info import TaskInfo
 from ._namespace import DELETE_HELPER, LiveNamespaces, task_namespace
 from ._output import TaskOutput, run_routed
@@ -215,7 +216,8 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
         async def run_cell_async() -> Any:
             try:
                 live.start(ns, asyncio.get_running_loop())
-                value = await code.run_async(ns)
+                with task_figures():  # its pyplot figures: its own, shown in its area
+                    value = await code.run_async(ns)
             finally:
                 live.finish(ns)
             if out is not None:
@@ -227,7 +229,8 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
         def run_cell_in_thread() -> Any:
             try:  # start inside: a cancellation injected right away must not leave it running
                 live.start(ns, loop)
-                value = code.run_sync(ns)
+                with task_figures():
+                    value = code.run_sync(ns)
             finally:
                 live.finish(ns)
             if out is not None:
