@@ -26,9 +26,17 @@ Per task:
   body there: the reporter checks that state (a local dict lookup, no
   network) on every call and raises ``CancelledError``, so cooperative code
   stops at its next ``report_progress``; and ``_CancelPlugin``, a
-  ``WorkerPlugin`` installed once per executor, sees the transition and raises
-  ``ThreadInterrupted`` in a sync body's thread or cancels an async body's
-  task (same limits as locally: a C call finishes first).
+  ``WorkerPlugin`` installed once per executor, sees the transition, cancels
+  an async body's task, and raises ``ThreadInterrupted`` in a sync body's
+  thread if it still runs ``INJECT_AFTER`` seconds later (as locally: a
+  cooperative body stops first, and a C call finishes first).
+* what comes back: a result travels in a ``_Result`` envelope whose Dask
+  serializer turns a failure to pickle (on the Dask worker) or to unpickle (in
+  the client) into a clear task failure; an exception that cannot travel as
+  itself (its ``str``/``repr``/pickling raises) is replaced by a
+  ``RuntimeError`` naming it, with the remote traceback; a ``SystemExit`` or
+  ``KeyboardInterrupt`` from a body travels inside ``_Carried`` (Dask would
+  shut the Dask worker down) and fails the task as it would locally.
 * a Dask worker process that dies mid-task: Dask retries the key elsewhere
   (``distributed.scheduler.allowed-failures`` times), then the future errs
   with ``KilledWorker`` and the task fails with it. A client that closes or
@@ -66,7 +74,7 @@ from distributed.protocol.serialize import dask_deserialize, dask_serialize, des
 
 from ._progress import check_fraction, current_record
 from ._record import WANTS_PROGRESS
-from ._threads import ThreadInterrupted, _clear_async_exc, _set_async_exc
+from ._threads import INJECT_AFTER, ThreadInterrupted, _clear_async_exc, _set_async_exc
 from ._worker import _flags_for
 
 logger = logging.getLogger("task_worker")
@@ -555,10 +563,10 @@ class _RemoteReporter:
     ``current_task_id`` reads ``.id``. Sends are rate-limited to one per
     ``PROGRESS_INTERVAL`` with a trailing send of the latest value.
 
-    ``interrupt()`` (called by ``_CancelPlugin`` when the Dask worker cancels
-    the key) stops a body that never reports: ``ThreadInterrupted`` is raised
-    in a sync body's thread (as the local worker does), an async body's task
-    is cancelled on its private loop.
+    ``interrupt_soon()`` (called by ``_CancelPlugin`` when the Dask worker
+    cancels the key) stops a body that never reports: ``ThreadInterrupted`` is
+    raised in a sync body's thread after a grace period (as the local worker
+    does), an async body's task is cancelled on its private loop.
     """
 
     __slots__ = (
@@ -688,6 +696,23 @@ class _RemoteReporter:
             finally:
                 loop.close()
 
+    def interrupt_soon(self) -> None:
+        """The key was cancelled: stop the body, the way the local worker stops its bodies.
+
+        An async body is cancelled at once (it stops at its next ``await``). A
+        sync body first gets ``INJECT_AFTER`` seconds to stop at its next
+        ``report_progress`` (which raises ``CancelledError`` from now on), so
+        that a cooperative body's own cleanup is not hit by an asynchronous
+        exception; ``ThreadInterrupted`` is raised only if it still runs then.
+        """
+        with self._ilock:
+            async_body = self._task is not None
+        if async_body:
+            self.interrupt()
+            return
+        loop = self._worker.loop.asyncio_loop
+        loop.call_soon_threadsafe(loop.call_later, INJECT_AFTER, self.interrupt)
+
     def interrupt(self) -> None:
         """Stop the body (once): cancel its asyncio task, or raise ``ThreadInterrupted`` in it."""
         with self._ilock:
@@ -718,7 +743,7 @@ class _CancelPlugin(WorkerPlugin):
         if finish == "cancelled" or (start in _ALIVE_STATES and finish in ("released", "forgotten")):
             reporter = _running.get(key) if _running else None
             if reporter is not None:
-                reporter.interrupt()
+                reporter.interrupt_soon()
 
 
 def _remote_call(

@@ -148,11 +148,21 @@ def remote_fails(value: int) -> None:
     _innermost_failure(value)
 
 
+def _announce(ev: Event) -> None:
+    """Set ``ev`` from a body being stopped, even if the cancel plugin's
+    ``ThreadInterrupted`` (raised at most once) lands inside this call."""
+    try:
+        ev.set()
+    except ThreadInterrupted:
+        ev.set()
+        raise
+
+
 def remote_cooperative(stopped: Event) -> None:
     """Reports progress while it works until cancelled; says when it stopped.
 
-    Stopped either by ``report_progress`` raising ``CancelledError`` or, usually
-    first, by the cancel plugin raising ``ThreadInterrupted`` in its thread.
+    Stopped by ``report_progress`` raising ``CancelledError`` or, if that is
+    too slow, by the cancel plugin raising ``ThreadInterrupted`` in its thread.
     """
     i = 0
     try:
@@ -161,7 +171,24 @@ def remote_cooperative(stopped: Event) -> None:
             i += 1
             time.sleep(0.005)  # simulated work
     except (asyncio.CancelledError, ThreadInterrupted):
-        stopped.set()
+        _announce(stopped)
+        raise
+
+
+def remote_reports_how_it_stopped(stopped: Event, by_cancelled_error: Event) -> None:
+    """Reports progress every 5 ms; says whether CancelledError stopped it first."""
+    i = 0
+    try:
+        while True:
+            report_progress(min(i / 1000, 0.99))
+            i += 1
+            time.sleep(0.005)  # simulated work
+    except asyncio.CancelledError:
+        _announce(by_cancelled_error)
+        _announce(stopped)
+        raise
+    except ThreadInterrupted:
+        _announce(stopped)
         raise
 
 
@@ -188,15 +215,27 @@ def remote_cooperative_in_thread(stopped: Event) -> None:
     raise outcome[0]
 
 
+def _spin(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass  # pure-Python work
+
+
 def remote_busy_loop(started: Event, stopped: Event) -> None:
-    """Never reports progress: only an interruption stops it."""
-    started.set()
-    deadline = time.monotonic() + PATIENCE
+    """Never reports progress: only an interruption stops it.
+
+    The interruption can land anywhere once the test saw ``started``, even
+    before ``started.set()`` returned here: both are inside the ``try``. The
+    loop is in a function of its own: on CPython 3.13 an asynchronous
+    exception raised at the backward jump of a ``while`` loop skips the
+    ``except``/``finally`` around that loop in the same function (CPython
+    gh-139622); the caller's handler still runs.
+    """
     try:
-        while time.monotonic() < deadline:
-            pass  # pure-Python work
+        started.set()
+        _spin(PATIENCE)
     except ThreadInterrupted:
-        stopped.set()
+        _announce(stopped)
         raise
 
 
@@ -622,6 +661,23 @@ async def test_cancel_running_interrupts_a_body_that_never_reports(
     assert dworker.get_task_info(tid).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
     # The Dask worker cancelled the key; the plugin interrupted the body there.
     assert await _wait_event(stopped)
+
+
+async def test_cancel_running_lets_a_reporting_body_stop_at_report_progress_first(
+        dworker: AsyncTaskWorker, sync_client: Client) -> None:
+    # As locally: ThreadInterrupted only for a body that did not stop at its next
+    # report_progress within INJECT_AFTER, so a cooperative body's own
+    # cleanup is not hit by an asynchronous exception.
+    stopped, by_cancelled_error = _event(sync_client), _event(sync_client)
+    tid = await dworker.add_task(remote_reports_how_it_stopped, stopped, by_cancelled_error)
+    running, unsubscribe = _progress_waiter(dworker, tid)
+    try:
+        await asyncio.wait_for(running, PATIENCE)
+    finally:
+        unsubscribe()
+    assert await dworker.cancel_task(tid) is True
+    assert await _wait_event(stopped)
+    assert by_cancelled_error.is_set(), "ThreadInterrupted stopped it before its next report_progress"
 
 
 async def test_timeout_fails_the_task_and_stops_the_remote_loop(
