@@ -466,19 +466,25 @@ async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
 
 async def _outcome(w: AsyncTaskWorker, func: Any, *args: Any) -> Any:
     """Run one task to its end (it must end: no hang), then check the worker is sound."""
-    tid = await w.add_task(func, *args)
+    finished: list[TaskEvent] = []
+    unsubscribe = w.subscribe(lambda ev: finished.append(ev) if ev.kind is EventKind.FINISHED else None)
     try:
-        await w.wait(tid, timeout=PATIENCE)
-    except asyncio.CancelledError:
-        raise
-    except BaseException:  # the task's own error (SystemExit included), re-raised by wait()
-        pass
-    info = w.get_task_info(tid)
-    assert info is not None and info.status.done, info
-    await w.join()
-    assert w.stats().busy == 0  # no slot leaked
-    # The client (and, for an asynchronous one, this loop) still runs tasks.
-    assert (await w.wait(await w.add_task(remote_pid_and_id, 1), timeout=PATIENCE))[0] == 2
+        tid = await w.add_task(func, *args)
+        try:
+            await w.wait(tid, timeout=PATIENCE)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # the task's own error (SystemExit included), re-raised by wait()
+            pass
+        info = w.get_task_info(tid)
+        assert info is not None and info.status.done, info
+        await w.join()
+        assert w.stats().busy == 0  # no slot leaked
+        # The client (and, for an asynchronous one, this loop) still runs tasks.
+        assert (await w.wait(await w.add_task(remote_pid_and_id, 1), timeout=PATIENCE))[0] == 2
+    finally:
+        unsubscribe()
+    assert [ev.info.id for ev in finished if ev.info is not None].count(tid) == 1  # one terminal state
     return info
 
 
