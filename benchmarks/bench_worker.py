@@ -386,6 +386,8 @@ def available_peers() -> tuple[list[Peer], list[str]]:
         if peer.version() is None:
             notes.append(f"{peer.dist} {'0.4.4 ' if peer.dist == 'async-task-worker' else ''}is not "
                          f"installed: skipped (pip install \"task_worker[bench]\")")
+        elif peer.dist == "async-task-worker" and sys.version_info < (3, 11):
+            notes.append("async-task-worker 0.4.4 needs Python 3.11+ (asyncio.timeout): skipped")
         else:
             found.append(peer)
     return found, notes
