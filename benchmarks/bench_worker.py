@@ -1,10 +1,24 @@
-"""Throughput, latency, memory and query cost of AsyncTaskWorker, against raw-asyncio floors.
+"""Throughput, latency, memory and query cost of AsyncTaskWorker, against raw-asyncio floors and peers.
 
-Run: ``python benchmarks/bench_worker.py`` (``--quick`` for N = 10,000 only).
+Run: ``python benchmarks/bench_worker.py`` (``--quick`` for N = 10,000 only, one process).
 
-Everything is measured in one process, on one loop, back to back, so the ratios
-hold on a noisy machine: the worker's time divided by the floor's time (<= 1.0
-means at least as fast as the floor).
+Each measurement runs in ``--processes`` fresh processes (3 by default); the
+tables show the median. Within one process everything runs on one loop, back
+to back, so the ratios hold on a noisy machine: a row's time divided by the
+time of the ``asyncio.gather`` + ``Semaphore(10)`` floor measured in the same
+process (<= 1.0 means at least as fast as the floor); the table shows the
+median of those per-process ratios.
+
+Peers, measured in the same processes when installed (``pip install
+"task_worker[bench]"``), skipped with a note otherwise:
+
+* aiojobs ``Scheduler(limit=10)``: ``spawn`` each coroutine, then
+  ``wait_and_close()``. It has no progress, no history and no ids, so it has
+  no "with progress" row and keeps no finished records.
+* async-task-worker 0.4.4 ``AsyncTaskWorker(max_workers=10)`` (the project
+  this one's API follows): ``add_task`` each function, then wait until the
+  last body ran (a counter in the body: its ``wait_for_tasks`` costs more
+  than the tasks). Progress goes through its ``progress_callback`` argument.
 """
 
 from __future__ import annotations
@@ -12,11 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
+import json
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 from task_worker import AsyncTaskWorker, TaskStatus, report_progress
 
@@ -31,6 +50,7 @@ async def noop_progress() -> None:
     report_progress(0.5)
 
 
+# ------------------------------------------------------------------ floors
 async def floor_gather(n: int) -> float:
     sem = asyncio.Semaphore(CONCURRENCY)
 
@@ -64,6 +84,7 @@ async def floor_priority_queue(n: int) -> float:
     return time.perf_counter() - t0
 
 
+# ------------------------------------------------------------------ task_worker
 async def worker_run(n: int, func: Callable[[], Awaitable[None]]) -> float:
     async with AsyncTaskWorker(max_workers=CONCURRENCY, max_history=n) as w:
         t0 = time.perf_counter()
@@ -72,25 +93,6 @@ async def worker_run(n: int, func: Callable[[], Awaitable[None]]) -> float:
         await w.join()
         elapsed = time.perf_counter() - t0
     return elapsed
-
-
-async def best_of(repeat: int, make: Callable[[], Awaitable[float]]) -> float:
-    times = []
-    for _ in range(repeat):
-        gc.collect()
-        times.append(await make())
-    return min(times)
-
-
-async def throughput(n: int, repeat: int) -> list[tuple[str, float]]:
-    rows = []
-    rows.append(("floor: gather + Semaphore(10)", await best_of(repeat, lambda: floor_gather(n))))
-    rows.append(("floor: PriorityQueue + 10 consumers",
-                 await best_of(repeat, lambda: floor_priority_queue(n))))
-    rows.append(("AsyncTaskWorker(max_workers=10)", await best_of(repeat, lambda: worker_run(n, noop))))
-    rows.append(("AsyncTaskWorker, report_progress in each task",
-                 await best_of(repeat, lambda: worker_run(n, noop_progress))))
-    return rows
 
 
 async def memory_per_pending(n: int) -> float:
@@ -130,6 +132,7 @@ async def memory_per_finished(n: int) -> float:
 
 
 async def start_latency(samples: int) -> tuple[float, float]:
+    """``await add_task(body, t0)`` on an idle worker to the first line of ``body``."""
     out: list[float] = []
     async with AsyncTaskWorker(max_workers=CONCURRENCY) as w:
         async def body(t0: float) -> None:
@@ -140,6 +143,10 @@ async def start_latency(samples: int) -> tuple[float, float]:
         out.clear()
         for _ in range(samples):
             await w.wait(await w.add_task(body, time.perf_counter()))
+    return _p50_p99(out)
+
+
+def _p50_p99(out: list[float]) -> tuple[float, float]:
     out.sort()
     return statistics.median(out), out[int(len(out) * 0.99) - 1]
 
@@ -169,34 +176,321 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-async def main(sizes: list[int], repeat: int) -> None:
-    print(f"Python {sys.version.split()[0]}, {sys.platform}; best of {repeat} runs\n")
+# ------------------------------------------------------------------ peers
+class Peer:
+    """A comparable library, measured the same way (see the module docstring)."""
+
+    name = ""
+    dist = ""
+    submit = ""  # how a task is handed over, for the latency row
+    has_progress = False
+    keeps_history = False
+
+    def version(self) -> str | None:
+        try:
+            return importlib.metadata.version(self.dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    async def run(self, n: int, progress: bool) -> float:
+        raise NotImplementedError
+
+    async def start_latency(self, samples: int) -> tuple[float, float]:
+        raise NotImplementedError
+
+    async def memory_per_pending(self, n: int) -> float:
+        raise NotImplementedError
+
+    async def memory_per_finished(self, n: int) -> float:
+        raise NotImplementedError
+
+
+class Aiojobs(Peer):
+    name = "aiojobs `Scheduler(limit=10)`"
+    dist = "aiojobs"
+    submit = "spawn(f())"
+
+    async def run(self, n: int, progress: bool) -> float:
+        import aiojobs
+
+        scheduler = aiojobs.Scheduler(limit=CONCURRENCY, pending_limit=n, wait_timeout=None)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await scheduler.spawn(noop())
+        await scheduler.wait_and_close()
+        return time.perf_counter() - t0
+
+    async def start_latency(self, samples: int) -> tuple[float, float]:
+        import aiojobs
+
+        out: list[float] = []
+
+        async def body(t0: float) -> None:
+            out.append(time.perf_counter() - t0)
+
+        async with aiojobs.Scheduler(limit=CONCURRENCY) as scheduler:
+            for _ in range(100):  # warm-up
+                await (await scheduler.spawn(body(time.perf_counter()))).wait()
+            out.clear()
+            for _ in range(samples):
+                await (await scheduler.spawn(body(time.perf_counter()))).wait()
+        return _p50_p99(out)
+
+    async def memory_per_pending(self, n: int) -> float:
+        import aiojobs
+
+        gate = asyncio.Event()
+        scheduler = aiojobs.Scheduler(limit=1, pending_limit=n + 1, wait_timeout=None)
+        await scheduler.spawn(gate.wait())
+        await asyncio.sleep(0)
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(n):
+            await scheduler.spawn(noop())
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        gate.set()
+        await scheduler.wait_and_close()
+        return used / n
+
+
+class AsyncTaskWorker044(Peer):
+    name = "async-task-worker 0.4.4 `AsyncTaskWorker(max_workers=10)`"
+    dist = "async-task-worker"
+    submit = "add_task(f)"
+    has_progress = True
+    keeps_history = True
+
+    def version(self) -> str | None:
+        v = super().version()
+        return v if v == "0.4.4" else None  # the version the tables name
+
+    @staticmethod
+    def _worker(max_workers: int = CONCURRENCY) -> Any:
+        from async_task_worker import AsyncTaskWorker as Peer044
+
+        return Peer044(max_workers=max_workers)
+
+    async def run(self, n: int, progress: bool) -> float:
+        done = asyncio.Event()
+        count = 0
+
+        async def body() -> None:
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set()
+
+        async def body_progress(progress_callback: Callable[[float], None]) -> None:
+            nonlocal count
+            progress_callback(0.5)
+            count += 1
+            if count == n:
+                done.set()
+
+        w = self._worker()
+        await w.start()
+        try:
+            func = body_progress if progress else body
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await w.add_task(func)
+            await done.wait()
+            return time.perf_counter() - t0
+        finally:
+            await w.stop()
+
+    async def start_latency(self, samples: int) -> tuple[float, float]:
+        out: list[float] = []
+
+        async def body(t0: float) -> None:
+            out.append(time.perf_counter() - t0)
+
+        w = self._worker()
+        await w.start()
+        try:
+            for _ in range(100):  # warm-up
+                await w.get_task_future(await w.add_task(body, time.perf_counter()))
+            out.clear()
+            for _ in range(samples):
+                await (await w.get_task_future(await w.add_task(body, time.perf_counter())))
+        finally:
+            await w.stop()
+        return _p50_p99(out)
+
+    async def memory_per_pending(self, n: int) -> float:
+        gate, started = asyncio.Event(), asyncio.Event()
+
+        async def blocker() -> None:
+            started.set()
+            await gate.wait()
+
+        w = self._worker(max_workers=1)
+        await w.start()
+        try:
+            await w.add_task(blocker)
+            await started.wait()
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in range(n):
+                await w.add_task(noop)
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            gate.set()
+        finally:
+            await w.stop(timeout=1)
+        return used / n
+
+    async def memory_per_finished(self, n: int) -> float:
+        done = asyncio.Event()
+        count = 0
+
+        async def body() -> None:
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set()
+
+        w = self._worker()
+        await w.start()
+        try:
+            await w.get_task_future(await w.add_task(noop))  # warm caches
+            w.tasks.clear()
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in range(n):
+                await w.add_task(body)
+            await done.wait()
+            for _ in range(3):
+                await asyncio.sleep(0)
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+        finally:
+            await w.stop()
+        return used / n
+
+
+PEERS: tuple[Peer, ...] = (Aiojobs(), AsyncTaskWorker044())
+
+
+def available_peers() -> tuple[list[Peer], list[str]]:
+    """The peers installed, and a note for each one that is not."""
+    found, notes = [], []
+    for peer in PEERS:
+        if peer.version() is None:
+            notes.append(f"{peer.dist} {'0.4.4 ' if peer.dist == 'async-task-worker' else ''}is not "
+                         f"installed: skipped (pip install \"task_worker[bench]\")")
+        elif peer.dist == "async-task-worker" and sys.version_info < (3, 11):
+            notes.append("async-task-worker 0.4.4 needs Python 3.11+ (asyncio.timeout): skipped")
+        else:
+            found.append(peer)
+    return found, notes
+
+
+# ------------------------------------------------------------------ one process
+async def measure(sizes: list[int], repeat: int) -> dict[str, Any]:
+    """Everything, in this process: what one child prints as JSON."""
+    peers, _ = available_peers()
+    out: dict[str, Any] = {"python": sys.version.split()[0], "throughput": {}, "values": {}}
+
+    async def best(make: Callable[[], Awaitable[float]]) -> float:
+        times = []
+        for _ in range(repeat):
+            gc.collect()
+            times.append(await make())
+        return min(times)
+
     for n in sizes:
-        rows = await throughput(n, repeat)
-        gather_t, pq_t = rows[0][1], rows[1][1]
-        print(f"N = {n:,} no-op tasks, concurrency 10")
-        print(f"| {'what':46} | {'time (s)':>9} | {'tasks/s':>9} | {'/ gather':>8} | {'/ PQueue':>8} |")
-        print(f"|{'-' * 48}|{'-' * 11}|{'-' * 11}|{'-' * 10}|{'-' * 10}|")
-        for label, t in rows:
-            print(f"| {label:46} | {t:9.3f} | {n / t:9,.0f} | {t / gather_t:8.2f} | {t / pq_t:8.2f} |")
-        print()
+        rows: list[tuple[str, float]] = [
+            ("floor: gather + Semaphore(10)", await best(partial(floor_gather, n))),
+            ("floor: PriorityQueue + 10 consumers", await best(partial(floor_priority_queue, n))),
+            ("task_worker `AsyncTaskWorker(max_workers=10)`", await best(partial(worker_run, n, noop))),
+            ("the same, `report_progress` in each task", await best(partial(worker_run, n, noop_progress))),
+        ]
+        for peer in peers:
+            rows.append((peer.name, await best(partial(peer.run, n, False))))
+            if peer.has_progress:
+                rows.append((f"the same, progress in each task ({peer.dist})",
+                             await best(partial(peer.run, n, True))))
+        out["throughput"][str(n)] = rows
+
     n = max(sizes)
-    pending = await memory_per_pending(n)
-    finished = await memory_per_finished(n)
+    values: dict[str, tuple[float, str]] = out["values"]
+    values[f"task_worker: bytes per pending task (N = {n:,}, tracemalloc)"] = (
+        await memory_per_pending(n), "B")
+    values[f"task_worker: bytes kept per finished record (N = {n:,})"] = (await memory_per_finished(n), "B")
     p50, p99 = await start_latency(1000)
-    print("| measurement | value |")
-    print("|---|---|")
-    print(f"| bytes per pending task (N = {n:,}, tracemalloc) | {pending:,.0f} B |")
-    print(f"| bytes kept per finished record (N = {n:,}) | {finished:,.0f} B |")
-    print(f"| add_task-to-start latency, idle worker, p50 | {p50 * 1e6:,.0f} us |")
-    print(f"| add_task-to-start latency, idle worker, p99 | {p99 * 1e6:,.0f} us |")
+    values["task_worker: `await add_task(f)` to the first line of `f`, idle worker, p50"] = (p50 * 1e6, "us")
+    values["task_worker: the same, p99"] = (p99 * 1e6, "us")
     for label, t in await query_cost(n):
-        print(f"| {label} | {t * 1e3:.3f} ms |")
+        values[f"task_worker: {label}"] = (t * 1e3, "ms")
+    for peer in peers:
+        values[f"{peer.dist}: bytes per pending task (N = {n:,}, tracemalloc)"] = (
+            await peer.memory_per_pending(n), "B")
+        if peer.keeps_history:
+            values[f"{peer.dist}: bytes kept per finished record (N = {n:,})"] = (
+                await peer.memory_per_finished(n), "B")
+        p50, p99 = await peer.start_latency(1000)
+        values[f"{peer.dist}: `await` {peer.submit} to the first line of `f`, idle, p50"] = (p50 * 1e6, "us")
+        values[f"{peer.dist}: the same, p99"] = (p99 * 1e6, "us")
+    return out
+
+
+# ------------------------------------------------------------------ report
+def report(runs: list[dict[str, Any]], sizes: list[int]) -> None:
+    _, notes = available_peers()
+    print(f"Python {runs[0]['python']}, {sys.platform}; median of {len(runs)} fresh process(es)")
+    for note in notes:
+        print(f"note: {note}")
+    print()
+    for n in sizes:
+        per_run = [dict(r["throughput"][str(n)]) for r in runs]
+        labels = [label for label, _ in runs[0]["throughput"][str(n)]]
+        gather = "floor: gather + Semaphore(10)"
+        print(f"N = {n:,} no-op tasks, concurrency 10")
+        print(f"| {'what':62} | {'time (s)':>9} | {'tasks/s':>10} | {'/ gather floor':>14} |")
+        print(f"|{'-' * 64}|{'-' * 11}|{'-' * 12}|{'-' * 16}|")
+        for label in labels:
+            t = statistics.median(r[label] for r in per_run)
+            ratio = statistics.median(r[label] / r[gather] for r in per_run)
+            print(f"| {label:62} | {t:9.3f} | {n / t:10,.0f} | {ratio:14.2f} |")
+        print()
+    print("| measurement | median |")
+    print("|---|---|")
+    for key, (_, unit) in runs[0]["values"].items():
+        value = statistics.median(r["values"][key][0] for r in runs)
+        print(f"| {key} | {value:,.3f} ms |" if unit == "ms" else f"| {key} | {value:,.0f} {unit} |")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10,000 only, one process")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes to take the median of")
+    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs inside a process")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
+             else [10_000] if args.quick else [10_000, 100_000])
+    if args.child:
+        print(json.dumps(asyncio.run(measure(sizes, args.repeat))))
+        return
+    processes = 1 if args.quick else args.processes
+    runs = []
+    for i in range(processes):
+        print(f"process {i + 1} of {processes}...", file=sys.stderr, flush=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", "--sizes", ",".join(map(str, sizes)),
+             "--repeat", str(args.repeat)],
+            check=True, capture_output=True, text=True)
+        runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    report(runs, sizes)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N = 10,000 only, one repeat")
-    args = parser.parse_args()
-    sizes = [10_000] if args.quick else [10_000, 100_000]
-    asyncio.run(main(sizes, 1 if args.quick else 3))
+    main()

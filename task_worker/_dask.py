@@ -26,9 +26,17 @@ Per task:
   body there: the reporter checks that state (a local dict lookup, no
   network) on every call and raises ``CancelledError``, so cooperative code
   stops at its next ``report_progress``; and ``_CancelPlugin``, a
-  ``WorkerPlugin`` installed once per executor, sees the transition and raises
-  ``ThreadInterrupted`` in a sync body's thread or cancels an async body's
-  task (same limits as locally: a C call finishes first).
+  ``WorkerPlugin`` installed once per executor, sees the transition, cancels
+  an async body's task, and raises ``ThreadInterrupted`` in a sync body's
+  thread if it still runs ``INJECT_AFTER`` seconds later (as locally: a
+  cooperative body stops first, and a C call finishes first).
+* what comes back: a result travels in a ``_Result`` envelope whose Dask
+  serializer turns a failure to pickle (on the Dask worker) or to unpickle (in
+  the client) into a clear task failure; an exception that cannot travel as
+  itself (its ``str``/``repr``/pickling raises) is replaced by a
+  ``RuntimeError`` naming it, with the remote traceback; a ``SystemExit`` or
+  ``KeyboardInterrupt`` from a body travels inside ``_Carried`` (Dask would
+  shut the Dask worker down) and fails the task as it would locally.
 * a Dask worker process that dies mid-task: Dask retries the key elsewhere
   (``distributed.scheduler.allowed-failures`` times), then the future errs
   with ``KilledWorker`` and the task fails with it. A client that closes or
@@ -57,11 +65,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+import tblib.pickling_support  # type: ignore[import-untyped]
+from dask.sizeof import sizeof
 from distributed import Client, WorkerPlugin, get_worker
+from distributed.core import collect_causes
+from distributed.protocol import pickle as dask_pickle
+from distributed.protocol.serialize import dask_deserialize, dask_serialize, deserialize, serialize
 
 from ._progress import check_fraction, current_record
 from ._record import WANTS_PROGRESS
-from ._threads import ThreadInterrupted, _clear_async_exc, _set_async_exc
+from ._threads import INJECT_AFTER, ThreadInterrupted, _clear_async_exc, _set_async_exc
 from ._worker import _flags_for
 
 logger = logging.getLogger("task_worker")
@@ -299,7 +312,9 @@ class DaskExecutor:
             job.future = client.submit(
                 _remote_call, job.task_id, job.key, self._topic, func, args, kwargs,
                 key=job.key, pure=False)
-        except Exception as exc:
+        except BaseException as exc:  # user __reduce__ code can raise anything
+            # Pickling the arguments runs user code (``__reduce__``): whatever it
+            # raises, even SystemExit, fails this task and never this loop.
             self._settle(job, False, _submit_error(exc))
             return
         self._jobs[job.key] = job
@@ -379,12 +394,14 @@ class DaskExecutor:
                     if job.future is None:
                         continue  # cancelled meanwhile
                     if results is not None:
-                        ok, value = True, results[i]
+                        ok, value = _unwrap(results[i])
                     else:
                         try:
-                            ok, value = True, (await client.gather([job.future], asynchronous=True))[0]
+                            fetched = await client.gather([job.future], asynchronous=True)
                         except Exception as exc:
                             ok, value = False, _remote_only(exc)
+                        else:
+                            ok, value = _unwrap(fetched[0])
                     self._jobs.pop(job.key, None)
                     job.future = None  # releases the key on the cluster
                     self._settle(job, ok, value)
@@ -445,26 +462,52 @@ class DaskExecutor:
                 loop.call_soon_threadsafe(_apply_progress, items)
 
 
-def _submit_error(exc: Exception) -> Exception:
+def _submit_error(exc: BaseException) -> Exception:
     """A clear error for a task Dask refused to take (usually: it cannot be pickled)."""
     root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
     kind = TypeError if isinstance(root, (TypeError, pickle.PicklingError)) else RuntimeError
-    err = kind(f"could not send the task to the Dask cluster: {type(root).__name__}: {root}")
+    err = kind(f"could not send the task to the Dask cluster: {_describe(root)}")
     err.__cause__ = exc
     return err
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` without trusting its ``__str__`` (user code)."""
+    name = type(exc).__qualname__
+    try:
+        text = str(exc)
+    except BaseException:  # a broken __str__ must not break error reporting
+        return f"{name} (whose str() raised)"
+    return f"{name}: {text}" if text else name
+
+
 def _remote_only(exc: BaseException) -> BaseException:
-    """Drop the client's own frames (``gather`` re-raising) from a remote error's traceback."""
+    """Drop the client's own frames (``gather`` re-raising) from a remote error's traceback.
+
+    A ``_Carried`` error gives back the exception it carries (``SystemExit``, say).
+    """
     import distributed
 
     local = (os.path.dirname(os.path.abspath(distributed.__file__)) + os.sep, _THIS_FILE)
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(local):
         tb = tb.tb_next
+    if isinstance(exc, _Carried) and len(exc.args) == 1 and isinstance(exc.args[0], BaseException):
+        exc = exc.args[0]
     return exc.with_traceback(tb)
+
+
+def _unwrap(value: Any) -> tuple[bool, Any]:
+    """``(ok, value)`` of what ``gather`` returned for one of our keys."""
+    if isinstance(value, _Result):
+        return True, value.value
+    if isinstance(value, _Unfetchable):
+        kind = TypeError if value.pickling_error else RuntimeError
+        return False, kind(value.message)
+    # Not wrapped: the Dask worker runs another version of task_worker.
+    return True, value
 
 
 def _resolve_many(items: list[tuple[_Job, bool, Any]]) -> None:
@@ -478,8 +521,13 @@ def _resolve(job: _Job, ok: bool, value: Any) -> None:
         return
     if ok:
         done.set_result(value)
-    else:
+        return
+    try:
         done.set_exception(value)
+    except TypeError:  # StopIteration cannot be raised into a Future
+        err = RuntimeError(f"the task raised {_describe(value)}")
+        err.__cause__ = value
+        done.set_exception(err)
 
 
 def _apply_progress(items: list[tuple[_Job, float]]) -> None:
@@ -515,10 +563,10 @@ class _RemoteReporter:
     ``current_task_id`` reads ``.id``. Sends are rate-limited to one per
     ``PROGRESS_INTERVAL`` with a trailing send of the latest value.
 
-    ``interrupt()`` (called by ``_CancelPlugin`` when the Dask worker cancels
-    the key) stops a body that never reports: ``ThreadInterrupted`` is raised
-    in a sync body's thread (as the local worker does), an async body's task
-    is cancelled on its private loop.
+    ``interrupt_soon()`` (called by ``_CancelPlugin`` when the Dask worker
+    cancels the key) stops a body that never reports: ``ThreadInterrupted`` is
+    raised in a sync body's thread after a grace period (as the local worker
+    does), an async body's task is cancelled on its private loop.
     """
 
     __slots__ = (
@@ -556,6 +604,10 @@ class _RemoteReporter:
         self._ident = 0
         self._task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
         self._interrupted = False
+
+    def stopped(self) -> bool:
+        """Whether the body was stopped by a cancel (interrupted, or the key is no longer wanted)."""
+        return self._interrupted or self.cancelled()
 
     def cancelled(self) -> bool:
         """Whether the Dask worker no longer wants this key (cancelled, released)."""
@@ -644,6 +696,23 @@ class _RemoteReporter:
             finally:
                 loop.close()
 
+    def interrupt_soon(self) -> None:
+        """The key was cancelled: stop the body, the way the local worker stops its bodies.
+
+        An async body is cancelled at once (it stops at its next ``await``). A
+        sync body first gets ``INJECT_AFTER`` seconds to stop at its next
+        ``report_progress`` (which raises ``CancelledError`` from now on), so
+        that a cooperative body's own cleanup is not hit by an asynchronous
+        exception; ``ThreadInterrupted`` is raised only if it still runs then.
+        """
+        with self._ilock:
+            async_body = self._task is not None
+        if async_body:
+            self.interrupt()
+            return
+        loop = self._worker.loop.asyncio_loop
+        loop.call_soon_threadsafe(loop.call_later, INJECT_AFTER, self.interrupt)
+
     def interrupt(self) -> None:
         """Stop the body (once): cancel its asyncio task, or raise ``ThreadInterrupted`` in it."""
         with self._ilock:
@@ -674,23 +743,40 @@ class _CancelPlugin(WorkerPlugin):
         if finish == "cancelled" or (start in _ALIVE_STATES and finish in ("released", "forgotten")):
             reporter = _running.get(key) if _running else None
             if reporter is not None:
-                reporter.interrupt()
+                reporter.interrupt_soon()
 
 
 def _remote_call(
     task_id: str | None, key: str, topic: str, func: Callable[..., Any],
     args: tuple[Any, ...], kwargs: dict[str, Any],
-) -> Any:
-    """Runs on the Dask worker: the task body with ``report_progress`` wired up."""
+) -> _Result:
+    """Runs on the Dask worker: the task body with ``report_progress`` wired up.
+
+    What leaves it can always travel back: the result goes in a ``_Result``
+    envelope, and an exception that cannot travel as itself is replaced (see
+    ``_fit_for_travel``).
+    """
     reporter = _RemoteReporter(task_id, get_worker(), key, topic)
-    reporter.attach()
+    failure: BaseException | None = None
     try:
-        if reporter.cancelled():  # cancelled before it started
-            raise asyncio.CancelledError(f"task {task_id!r} was cancelled")
-        # A fresh context: the Dask worker thread's own context is reused by other keys.
-        return contextvars.copy_context().run(_call, reporter, func, args, kwargs)
-    finally:
-        reporter.detach()
+        reporter.attach()
+        try:
+            if reporter.cancelled():  # cancelled before it started
+                raise asyncio.CancelledError(f"task {task_id!r} was cancelled")
+            # A fresh context: the Dask worker thread's own context is reused by other keys.
+            result = contextvars.copy_context().run(_call, reporter, func, args, kwargs)
+        finally:
+            reporter.detach()  # from here on no interruption can land
+    except (asyncio.CancelledError, ThreadInterrupted) as exc:
+        if reporter.stopped():
+            raise  # our own cancellation: the client has stopped listening
+        failure = _fit_for_travel(exc)
+    except BaseException as exc:  # every outcome must reach the client
+        failure = _fit_for_travel(exc)
+    else:
+        return _Result(result)
+    # Raised here, outside the except clauses: no unpicklable __context__ rides along.
+    raise failure
 
 
 def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, ...],
@@ -709,6 +795,122 @@ def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+# ------------------------------------------------- what travels back, safely
+class _Carried(Exception):
+    """Carries a ``BaseException`` a body raised (``SystemExit``, ``KeyboardInterrupt``...).
+
+    Dask lets ``SystemExit`` and ``KeyboardInterrupt`` from a task shut the Dask
+    worker down, so the body's exception travels inside this one; the client
+    unwraps it (``_remote_only``), and the task fails with it as it would locally.
+    """
+
+
+def _fit_for_travel(exc: BaseException) -> BaseException:
+    """``exc``, or what to raise instead so that the client gets a clear error.
+
+    Dask sends a task's exception back by pickling it, after calling its
+    ``str()`` and ``repr()``; user code in any of these can raise (even a
+    ``BaseException``), which Dask reports confusingly or not at all. The
+    replacement keeps the remote traceback.
+    """
+    sent = exc if isinstance(exc, Exception) else _Carried(exc).with_traceback(exc.__traceback__)
+    problem = _travel_problem(sent)
+    if problem is None:
+        return sent
+    err = RuntimeError(
+        f"the task failed on the Dask worker with an exception that could not be sent back "
+        f"({problem}): {_describe(exc)}")
+    return err.with_traceback(exc.__traceback__)
+
+
+def _travel_problem(exc: BaseException) -> str | None:
+    """Why ``exc`` cannot travel to the client as itself (a round trip as Dask makes it), or None."""
+    try:
+        # As Dask's error_message() does: exceptions pickle with their traceback
+        # and causes, and tblib rebuilds some that plain pickle cannot.
+        tblib.pickling_support.install(exc, *collect_causes(exc))
+    except BaseException as why:  # a class whose __reduce_ex__ lookup raises, say
+        return f"preparing it for pickling raised {_describe(why)}"
+    steps: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+        ("its str()", str), ("its repr()", repr), ("pickling it", dask_pickle.dumps))
+    data: Any = exc
+    for what, step in steps:
+        try:
+            data = step(exc)
+        except BaseException as why:  # user code: anything can come out
+            return f"{what} raised {_describe(why)}"
+    try:
+        dask_pickle.loads(data)
+    except BaseException as why:
+        return f"unpickling it raised {_describe(why)}"
+    return None
+
+
+class _Result:
+    """A body's return value on its way back to the client.
+
+    Serialized by Dask with the functions below, which run Dask's own
+    serialization of the value but turn a failure on either side (pickling on
+    the Dask worker, unpickling in the client) into an ``_Unfetchable``:
+    otherwise a ``__reduce__`` raising ``KeyboardInterrupt`` kills the Dask
+    worker's connection, and the task would never finish.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Unfetchable:
+    """Stands for a result that could not be sent back or received: the task fails with ``message``."""
+
+    __slots__ = ("message", "pickling_error")
+
+    def __init__(self, message: str, pickling_error: bool) -> None:
+        self.message = message
+        self.pickling_error = pickling_error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Unfetchable, (self.message, self.pickling_error))
+
+
+def _unfetchable(value_type: str, problem: str, why: BaseException) -> _Unfetchable:
+    cause = why.__cause__ or why  # serialize() wraps the pickling error in its own TypeError
+    return _Unfetchable(
+        f"the task finished on the Dask worker, but its result (a {value_type}) could not be "
+        f"{problem} {_describe(cause)}",
+        isinstance(cause, (TypeError, pickle.PicklingError)))
+
+
+def _serialize_result(result: _Result, context: Any = None) -> tuple[dict[str, Any], list[Any]]:
+    value = result.value
+    try:
+        header, frames = serialize(value, on_error="raise", context=context)
+    except BaseException as why:  # user __reduce__ code can raise anything
+        bad = _unfetchable(type(value).__qualname__, "sent back: pickling it raised", why)
+        return {"ok": False, "message": bad.message, "pickling": bad.pickling_error}, []
+    return {"ok": True, "value": header, "type": type(value).__qualname__}, frames
+
+
+def _deserialize_result(header: dict[str, Any], frames: list[Any]) -> _Result | _Unfetchable:
+    if not header.get("ok"):
+        return _Unfetchable(header["message"], header["pickling"])
+    try:
+        return _Result(deserialize(header["value"], frames))
+    except BaseException as why:  # user code (a loader) can raise anything
+        return _unfetchable(header["type"], "received: unpickling it raised", why)
+
+
+def _sizeof_result(result: _Result) -> int:
+    return int(sizeof(result.value))  # Dask's memory accounting sees the value itself
+
+
+dask_serialize.register(_Result)(_serialize_result)
+dask_deserialize.register(_Result)(_deserialize_result)
+sizeof.register(_Result)(_sizeof_result)
 
 
 __all__ = ["DaskExecutor", "PROGRESS_INTERVAL"]

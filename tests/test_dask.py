@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import task_worker
 from task_worker import (
     AsyncTaskWorker,
     EventKind,
@@ -36,6 +39,7 @@ from task_worker import (
 try:
     import cloudpickle
     import dask
+    import distributed
     from distributed import Client, Event, LocalCluster
 except ImportError:  # pragma: no cover - the [dask] extra is part of [test]
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -144,11 +148,21 @@ def remote_fails(value: int) -> None:
     _innermost_failure(value)
 
 
+def _announce(ev: Event) -> None:
+    """Set ``ev`` from a body being stopped, even if the cancel plugin's
+    ``ThreadInterrupted`` (raised at most once) lands inside this call."""
+    try:
+        ev.set()
+    except ThreadInterrupted:
+        ev.set()
+        raise
+
+
 def remote_cooperative(stopped: Event) -> None:
     """Reports progress while it works until cancelled; says when it stopped.
 
-    Stopped either by ``report_progress`` raising ``CancelledError`` or, usually
-    first, by the cancel plugin raising ``ThreadInterrupted`` in its thread.
+    Stopped by ``report_progress`` raising ``CancelledError`` or, if that is
+    too slow, by the cancel plugin raising ``ThreadInterrupted`` in its thread.
     """
     i = 0
     try:
@@ -157,7 +171,24 @@ def remote_cooperative(stopped: Event) -> None:
             i += 1
             time.sleep(0.005)  # simulated work
     except (asyncio.CancelledError, ThreadInterrupted):
-        stopped.set()
+        _announce(stopped)
+        raise
+
+
+def remote_reports_how_it_stopped(stopped: Event, by_cancelled_error: Event) -> None:
+    """Reports progress every 5 ms; says whether CancelledError stopped it first."""
+    i = 0
+    try:
+        while True:
+            report_progress(min(i / 1000, 0.99))
+            i += 1
+            time.sleep(0.005)  # simulated work
+    except asyncio.CancelledError:
+        _announce(by_cancelled_error)
+        _announce(stopped)
+        raise
+    except ThreadInterrupted:
+        _announce(stopped)
         raise
 
 
@@ -184,15 +215,27 @@ def remote_cooperative_in_thread(stopped: Event) -> None:
     raise outcome[0]
 
 
+def _spin(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass  # pure-Python work
+
+
 def remote_busy_loop(started: Event, stopped: Event) -> None:
-    """Never reports progress: only an interruption stops it."""
-    started.set()
-    deadline = time.monotonic() + PATIENCE
+    """Never reports progress: only an interruption stops it.
+
+    The interruption can land anywhere once the test saw ``started``, even
+    before ``started.set()`` returned here: both are inside the ``try``. The
+    loop is in a function of its own: on CPython 3.13 an asynchronous
+    exception raised at the backward jump of a ``while`` loop skips the
+    ``except``/``finally`` around that loop in the same function (CPython
+    gh-139622); the caller's handler still runs.
+    """
     try:
-        while time.monotonic() < deadline:
-            pass  # pure-Python work
+        started.set()
+        _spin(PATIENCE)
     except ThreadInterrupted:
-        stopped.set()
+        _announce(stopped)
         raise
 
 
@@ -239,6 +282,75 @@ def remote_dies_once(marker: str) -> str:
 
 def remote_always_dies() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------- objects that resist travelling (issue 9)
+class LockHolder:
+    """Holds a lock: pickling it raises TypeError."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+class ReduceRaises:
+    """``__reduce__`` raises ``exc_type`` (user code run by pickle)."""
+
+    def __init__(self, exc_type: type[BaseException]) -> None:
+        self.exc_type = exc_type
+
+    def __reduce__(self) -> Any:
+        raise self.exc_type("__reduce__ refused")
+
+
+def _refuse_to_load(exc_type: type[BaseException]) -> None:
+    raise exc_type("loading refused")
+
+
+class LoadRaises:
+    """Pickles fine; unpickling it (on the receiving side) raises ``exc_type``."""
+
+    def __init__(self, exc_type: type[BaseException]) -> None:
+        self.exc_type = exc_type
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, (self.exc_type,))
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() is broken")
+
+
+class BrokenRepr(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr() is broken")
+
+
+class HoldsALock(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class ReduceExits(Exception):
+    def __reduce__(self) -> Any:
+        raise SystemExit("__reduce__ exits")
+
+
+class TwoArgs(Exception):
+    """Plain pickle cannot rebuild it (its __init__ wants two arguments); Dask's tblib can."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def remote_returns(make: Any) -> Any:
+    return make()
+
+
+def remote_raises(make: Any) -> None:
+    raise make()
 
 
 # -------------------------------------------------------------------- tests
@@ -314,7 +426,20 @@ async def test_error_fails_the_task_and_keeps_the_remote_traceback(client: Clien
     tb = info.traceback or ""
     # Both remote frames, innermost last; no frames of task_worker or of the client's gather.
     assert tb.index("remote_fails") < tb.index("_innermost_failure")
-    assert "task_worker" not in tb and "distributed" not in tb, tb
+    files = _frame_files(tb)
+    assert files and all(f == __file__ for f in files), tb
+    assert not [f for f in files if _is_under(f, task_worker) or _is_under(f, distributed)], tb
+
+
+def _frame_files(tb: str) -> list[str]:
+    """The file of each frame of a formatted traceback."""
+    return re.findall(r'^  File "(.+)", line \d+', tb, flags=re.MULTILINE)
+
+
+def _is_under(filename: str, package: Any) -> bool:
+    """Whether ``filename`` is one of ``package``'s own files (wherever it is installed)."""
+    root = os.path.dirname(os.path.abspath(package.__file__))
+    return os.path.commonpath([os.path.abspath(filename), root]) == root
 
 
 async def test_unpicklable_argument_fails_the_task_with_dasks_error(dworker: AsyncTaskWorker) -> None:
@@ -324,6 +449,140 @@ async def test_unpicklable_argument_fails_the_task_with_dasks_error(dworker: Asy
         await dworker.wait(tid, timeout=PATIENCE)
     info = dworker.get_task_info(tid)
     assert info is not None and info.status is TaskStatus.FAILED
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What reached the running loop's exception handler during the test (must stay empty)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        yield seen
+    finally:
+        loop.set_exception_handler(previous)
+
+
+async def _outcome(w: AsyncTaskWorker, func: Any, *args: Any) -> Any:
+    """Run one task to its end (it must end: no hang), then check the worker is sound."""
+    finished: list[TaskEvent] = []
+    unsubscribe = w.subscribe(lambda ev: finished.append(ev) if ev.kind is EventKind.FINISHED else None)
+    try:
+        tid = await w.add_task(func, *args)
+        try:
+            await w.wait(tid, timeout=PATIENCE)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # the task's own error (SystemExit included), re-raised by wait()
+            pass
+        info = w.get_task_info(tid)
+        assert info is not None and info.status.done, info
+        await w.join()
+        assert w.stats().busy == 0  # no slot leaked
+        # The client (and, for an asynchronous one, this loop) still runs tasks.
+        assert (await w.wait(await w.add_task(remote_pid_and_id, 1), timeout=PATIENCE))[0] == 2
+    finally:
+        unsubscribe()
+    assert [ev.info.id for ev in finished if ev.info is not None].count(tid) == 1  # one terminal state
+    return info
+
+
+@pytest.mark.parametrize(("make", "error"), [
+    pytest.param(LockHolder, r"^TypeError: the task finished on the Dask worker, but its result "
+                 r"\(a LockHolder\) could not be sent back: pickling it raised TypeError: cannot pickle",
+                 id="unpicklable"),
+    pytest.param(functools.partial(ReduceRaises, ValueError),
+                 r"^RuntimeError: .* could not be sent back: "
+                 r"pickling it raised ValueError: __reduce__ refused",
+                 id="reduce-raises"),
+    # This one used to kill the Dask worker's connection: the task never ended.
+    pytest.param(functools.partial(ReduceRaises, KeyboardInterrupt),
+                 r"could not be sent back: pickling it raised KeyboardInterrupt: __reduce__ refused",
+                 id="reduce-raises-KeyboardInterrupt"),
+    pytest.param(functools.partial(LoadRaises, ValueError),
+                 r"^RuntimeError: the task finished on the Dask worker, but its result \(a LoadRaises\) "
+                 r"could not be received: unpickling it raised ValueError: loading refused",
+                 id="load-raises"),
+    # This one used to kill the client's connection to the scheduler.
+    pytest.param(functools.partial(LoadRaises, SystemExit),
+                 r"could not be received: unpickling it raised SystemExit: loading refused",
+                 id="load-raises-SystemExit"),
+])
+async def test_a_result_that_cannot_travel_back_fails_the_task_clearly(
+        client: Client, make: Any, error: str, loop_errors: list[dict[str, Any]]) -> None:
+    async with AsyncTaskWorker(executor=DaskExecutor(client)) as w:
+        info = await _outcome(w, remote_returns, make)
+    assert info.status is TaskStatus.FAILED
+    assert re.search(error, info.error or ""), info.error
+    assert not loop_errors
+
+
+@pytest.mark.parametrize(("make", "error"), [
+    pytest.param(BrokenStr, r"\(its str\(\) raised RuntimeError: str\(\) is broken\): BrokenStr",
+                 id="broken-str"),
+    pytest.param(functools.partial(BrokenRepr, "shown"),
+                 r"\(its repr\(\) raised RuntimeError: repr\(\) is broken\): BrokenRepr: shown",
+                 id="broken-repr"),
+    pytest.param(functools.partial(HoldsALock, "with a lock"),
+                 r"\(pickling it raised TypeError: cannot pickle .*\): HoldsALock: with a lock",
+                 id="unpicklable"),
+    pytest.param(functools.partial(ReduceExits, "exits"),
+                 r"\(pickling it raised SystemExit: __reduce__ exits\): ReduceExits: exits",
+                 id="reduce-raises-SystemExit"),
+])
+async def test_an_exception_that_cannot_travel_back_fails_the_task_clearly(
+        dworker: AsyncTaskWorker, make: Any, error: str, loop_errors: list[dict[str, Any]]) -> None:
+    info = await _outcome(dworker, remote_raises, make)
+    assert info.status is TaskStatus.FAILED
+    prefix = "RuntimeError: the task failed on the Dask worker with an exception that could not be sent back "
+    assert (info.error or "").startswith(prefix), info.error
+    assert re.search(error, info.error or ""), info.error
+    # The remote traceback is kept: it ends in the body that raised.
+    assert "in remote_raises" in (info.traceback or ""), info.traceback
+    assert not loop_errors
+
+
+async def test_an_exception_dask_can_rebuild_arrives_as_itself(dworker: AsyncTaskWorker) -> None:
+    info = await _outcome(dworker, remote_raises, functools.partial(TwoArgs, 3, "three"))
+    assert info.error == "TwoArgs: three" and info.exception.code == 3
+
+
+@pytest.mark.parametrize("make", [functools.partial(SystemExit, 2), KeyboardInterrupt],
+                         ids=["SystemExit", "KeyboardInterrupt"])
+async def test_system_exit_in_a_remote_body_fails_the_task_as_locally_and_spares_the_dask_worker(
+        dworker: AsyncTaskWorker, sync_client: Client, make: Any) -> None:
+    workers = set(sync_client.scheduler_info()["workers"])
+    info = await _outcome(dworker, remote_raises, make)
+    assert info.status is TaskStatus.FAILED
+    assert type(info.exception) is type(make()) and info.error == _error_text(make())
+    assert "in remote_raises" in (info.traceback or ""), info.traceback
+    # Dask shuts a worker down on SystemExit/KeyboardInterrupt: the body's never reached it.
+    assert set(sync_client.scheduler_info()["workers"]) == workers
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@pytest.mark.parametrize(("exc_type", "error"), [
+    (ValueError, r"^RuntimeError: could not send the task to the Dask cluster: "
+                 r"ValueError: __reduce__ refused"),
+    # These used to escape into the client's event loop (the worker's own, for an
+    # asynchronous client) and stop it.
+    (KeyboardInterrupt, r"^RuntimeError: could not send the task to the Dask cluster: "
+                        r"KeyboardInterrupt: __reduce__ refused"),
+    (SystemExit, r"^RuntimeError: could not send the task to the Dask cluster: "
+                 r"SystemExit: __reduce__ refused"),
+])
+async def test_an_argument_whose_reduce_raises_fails_the_task_and_nothing_else(
+        client: Client, exc_type: type[BaseException], error: str,
+        loop_errors: list[dict[str, Any]]) -> None:
+    async with AsyncTaskWorker(executor=DaskExecutor(client)) as w:
+        info = await _outcome(w, remote_pid_and_id, ReduceRaises(exc_type))
+    assert info.status is TaskStatus.FAILED
+    assert re.search(error, info.error or ""), info.error
+    assert not loop_errors
 
 
 async def test_progress_reaches_the_record_and_is_coalesced(
@@ -408,6 +667,23 @@ async def test_cancel_running_interrupts_a_body_that_never_reports(
     assert dworker.get_task_info(tid).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
     # The Dask worker cancelled the key; the plugin interrupted the body there.
     assert await _wait_event(stopped)
+
+
+async def test_cancel_running_lets_a_reporting_body_stop_at_report_progress_first(
+        dworker: AsyncTaskWorker, sync_client: Client) -> None:
+    # As locally: ThreadInterrupted only for a body that did not stop at its next
+    # report_progress within INJECT_AFTER, so a cooperative body's own
+    # cleanup is not hit by an asynchronous exception.
+    stopped, by_cancelled_error = _event(sync_client), _event(sync_client)
+    tid = await dworker.add_task(remote_reports_how_it_stopped, stopped, by_cancelled_error)
+    running, unsubscribe = _progress_waiter(dworker, tid)
+    try:
+        await asyncio.wait_for(running, PATIENCE)
+    finally:
+        unsubscribe()
+    assert await dworker.cancel_task(tid) is True
+    assert await _wait_event(stopped)
+    assert by_cancelled_error.is_set(), "ThreadInterrupted stopped it before its next report_progress"
 
 
 async def test_timeout_fails_the_task_and_stops_the_remote_loop(
