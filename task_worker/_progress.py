@@ -36,7 +36,8 @@ def report_progress(fraction: float) -> None:
 
     Works from any code a task runs: its coroutine, functions it calls, sync
     task bodies in their worker thread, and threads started with
-    ``asyncio.to_thread``. Values outside [0, 1] are clamped.
+    ``asyncio.to_thread``. Values outside [0, 1] are clamped (also numbers
+    beyond float range).
 
     Raises:
         TypeError: ``fraction`` is not a real number.
