@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from task_worker import AsyncTaskWorker, EventKind, TaskEvent, TaskStatus
@@ -302,6 +302,13 @@ class Scenario:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, max_size=40), max_workers=st.sampled_from([1, 2, 3]))
+# Found by this test before the fixes: a thread abandoned by stop() kept its slot
+# on the next loop; a task's SystemExit left through its future and stopped the loop;
+# a thread body launched under max_workers=3 queued behind a pool of 1.
+@example(ops=[("add", "sync_gate", 0), ("tick", 2), ("new_loop", 0)], max_workers=1)
+@example(ops=[("add", "sysexit", 0), ("future", 0), ("tick", 3)], max_workers=1)
+@example(ops=[("add", "sync_gate", 0), ("add", "sync_gate", 0), ("tick", 1), ("max_workers", 1),
+              ("tick", 3), ("restart", 0), ("release", 0), ("release", 1)], max_workers=2)
 def test_random_operation_sequences_keep_every_invariant(
     ops: list[tuple[Any, ...]], max_workers: int,
 ) -> None:
