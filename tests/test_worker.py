@@ -934,3 +934,34 @@ async def test_a_thread_body_raising_stop_iteration_is_reported_as_such(worker: 
     info = worker.get_task_info(tid)
     assert info is not None and info.error == "StopIteration: exhausted"
     assert isinstance(info.exception, StopIteration)
+
+
+async def test_a_result_whose_repr_raises_completes_and_reaches_every_subscriber(
+    worker: AsyncTaskWorker,
+) -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise SystemExit("repr() exits")
+
+        __str__ = __repr__
+
+    hostile = Hostile()
+    shown: list[str] = []
+
+    def view(event: object) -> None:  # a view that renders results
+        info = getattr(event, "info", None)
+        if info is not None and info.status == "completed":
+            shown.append(repr(info.result))
+
+    worker.subscribe(view)
+    worker.subscribe(lambda event: shown.append("after"))
+
+    async def body() -> Hostile:
+        return hostile
+
+    tid = await worker.add_task(body)
+    assert await worker.wait(tid) is hostile
+    info = worker.get_task_info(tid)
+    assert info is not None and info.status == "completed" and "completed" in repr(info)
+    assert worker.stats().counts[TaskStatus.COMPLETED] == 1
+    assert shown.count("after") == 3  # added, started, finished: the raising view stopped nothing
