@@ -191,13 +191,16 @@ class BodyThreads:
                 return
             self._started += 1
             n = self._started
-        threading.Thread(target=self._serve, args=((fn, args),), name=f"{self._name}_{n}").start()
+        # In a box the thread empties: Thread keeps its args until it ends.
+        threading.Thread(target=self._serve, args=([(fn, args)],), name=f"{self._name}_{n}").start()
 
-    def _serve(self, job: _Job | None) -> None:
+    def _serve(self, box: list[_Job]) -> None:
+        job: _Job | None = box.pop()
         while job is not None:
             fn, args = job
             fn(*args)
-            job = None
+            # Idle threads hold nothing of the last body (its context holds its task).
+            job = fn = args = None  # type: ignore[assignment]
             with self._lock:
                 if self._closed:
                     return

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback as _tb
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import timedelta
@@ -206,6 +207,7 @@ class AsyncTaskWorker:
         self._hub = EventHub()
         self._dirty: dict[str, TaskRecord] = {}  # progress to publish this loop turn
         self._threads: BodyThreads | None = None
+        self._threads_closer: weakref.finalize[[], AsyncTaskWorker] | None = None
         # Abandoned thread bodies still running (nobody waits for them any more):
         # each keeps its slot until its thread returns and says so.
         self._abandoned = AbandonedThreads(self._thread_freed)
@@ -304,9 +306,7 @@ class AsyncTaskWorker:
                 rec.thread.abandon(self._abandoned)
             self._finish(rec, _CANCELLED, error="cancelled: its event loop was closed")
         self._active.clear()
-        if self._threads is not None:
-            self._threads.shutdown()
-            self._threads = None
+        self._close_threads()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker.
@@ -359,9 +359,7 @@ class AsyncTaskWorker:
                     "task_worker: %d task bodies ignored cancellation at stop(); they are abandoned",
                     len(self._active))
         finally:
-            if self._threads is not None:
-                self._threads.shutdown()  # bodies still running keep their threads
-                self._threads = None
+            self._close_threads()  # bodies still running keep their threads
             self._state = "stopped"
             self._stopped.set_result(None)
             self._wake_idle()
@@ -609,7 +607,7 @@ class AsyncTaskWorker:
         assert loop is not None
         threads = self._threads
         if threads is None:
-            threads = self._threads = BodyThreads("task_worker")
+            threads = self._open_threads()
         run = ThreadRun(loop.create_future())
         rec.thread = run
         # The thread gets a copy of the task's context: report_progress and
@@ -631,6 +629,18 @@ class AsyncTaskWorker:
                 run.abandon(self._abandoned)
                 raise
             raise
+
+    def _open_threads(self) -> BodyThreads:
+        threads = self._threads = BodyThreads("task_worker")
+        # A worker dropped without stop(): its idle threads exit with it.
+        self._threads_closer = weakref.finalize(self, threads.shutdown)
+        return threads
+
+    def _close_threads(self) -> None:
+        if self._threads_closer is not None:
+            self._threads_closer()  # shuts the threads down, once
+            self._threads_closer = None
+        self._threads = None
 
     def _thread_freed(self) -> None:
         # Called in an abandoned body's thread once it returned and gave its

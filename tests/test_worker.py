@@ -965,3 +965,38 @@ async def test_a_result_whose_repr_raises_completes_and_reaches_every_subscriber
     assert info is not None and info.status == "completed" and "completed" in repr(info)
     assert worker.stats().counts[TaskStatus.COMPLETED] == 1
     assert shown.count("after") == 3  # added, started, finished: the raising view stopped nothing
+
+
+
+async def test_idle_body_threads_exit_at_stop_and_busy_ones_when_their_body_returns() -> None:
+    gates = {"idle": threading.Event(), "busy": threading.Event()}
+    started = threading.Barrier(3)
+
+    threads: dict[str, threading.Thread] = {}
+
+    def body(which: str) -> threading.Thread:
+        threads[which] = threading.current_thread()
+        started.wait(10)
+        gates[which].wait()  # a C call: stop() cannot interrupt it
+        return threading.current_thread()
+
+    w = AsyncTaskWorker(max_workers=2, cancel_grace=0.05)
+    await w.start()
+    try:
+        first = await w.add_task(body, "idle")
+        await w.add_task(body, "busy")
+        await asyncio.to_thread(started.wait, 10)
+        gates["idle"].set()
+        idle = await w.wait(first)
+        busy = [threads["busy"]]
+        assert idle is threads["idle"] and busy[0] is not idle
+        await w.stop(timeout=0.01)
+        await asyncio.to_thread(idle.join, 10)
+        assert not idle.is_alive() and busy[0].is_alive()
+        gates["busy"].set()
+        await asyncio.to_thread(busy[0].join, 10)
+        assert not busy[0].is_alive() and w.stats().busy == 0
+    finally:
+        for gate in gates.values():
+            gate.set()
+        await w.stop()
