@@ -20,7 +20,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import timedelta
-from types import CoroutineType, FunctionType, MappingProxyType, TracebackType
+from types import (
+    BuiltinFunctionType,
+    CoroutineType,
+    FunctionType,
+    MappingProxyType,
+    MethodType,
+    TracebackType,
+)
 from typing import Any, NamedTuple
 
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
@@ -59,13 +66,16 @@ _ADDED, _STARTED, _PROGRESS, _FINISHED = (
 _now = time.time
 
 # Per-function facts, looked up on every add_task: (flags). Bounded so that
-# re-run notebook cells defining new functions cannot grow it forever.
+# re-run notebook cells defining new functions cannot grow it forever. Keys are
+# functions only: a bound method is cached by its function and a partial or a
+# callable object is not cached, so the cache never keeps a user's object alive.
 _func_flags: dict[Any, int] = {}
 
 
 def _flags_for(func: Callable[..., Any]) -> int:
+    key: Any = func.__func__ if type(func) is MethodType else func
     try:
-        return _func_flags[func]
+        return _func_flags[key]
     except (KeyError, TypeError):
         pass
     flags = IS_ASYNC if inspect.iscoroutinefunction(func) else 0
@@ -75,13 +85,14 @@ def _flags_for(func: Callable[..., Any]) -> int:
         params = {}  # type: ignore[assignment]
     if "progress_callback" in params:
         flags |= WANTS_PROGRESS
-    try:
+    if type(key) in _CACHEABLE:
         if len(_func_flags) >= 4096:
             _func_flags.clear()
-        _func_flags[func] = flags
-    except TypeError:  # unhashable callable
-        pass
+        _func_flags[key] = flags
     return flags
+
+
+_CACHEABLE = (FunctionType, BuiltinFunctionType)
 
 
 def _check_timeout(timeout: object, what: str) -> float | None:

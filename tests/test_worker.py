@@ -1000,3 +1000,23 @@ async def test_idle_body_threads_exit_at_stop_and_busy_ones_when_their_body_retu
         for gate in gates.values():
             gate.set()
         await w.stop()
+
+
+async def test_a_bound_method_or_partial_task_does_not_keep_its_object_alive(worker: AsyncTaskWorker) -> None:
+    import functools
+    import weakref
+
+    class Holder:
+        async def run(self) -> int:
+            return 1
+
+    async def ignore(_: object) -> None:
+        return None
+
+    holder = Holder()
+    ref = weakref.ref(holder)
+    assert await worker.wait(await worker.add_task(holder.run)) == 1
+    assert await worker.wait(await worker.add_task(functools.partial(ignore, holder))) is None
+    del holder
+    gc.collect()
+    assert ref() is None  # the per-function cache held it until 4096 other functions came by
