@@ -305,7 +305,7 @@ class Scenario:
         assert model.order_violations == []
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, max_size=40), max_workers=st.sampled_from([1, 2, 3]))
 # Found by this test before the fixes: a thread abandoned by stop() kept its slot
 # on the next loop; a task's SystemExit left through its future and stopped the loop;
