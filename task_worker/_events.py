@@ -48,7 +48,8 @@ _PROGRESS = EventKind.PROGRESS
 class EventHub:
     """Subscribers of one worker: to every task, or to one task; with or
     without progress events. Callbacks run on the loop's thread, in order of
-    subscription; one that raises is logged and the others still run.
+    subscription; one that raises (anything, even ``SystemExit``) is logged and
+    the others still run.
 
     ``active`` and ``progress_wanted`` are plain attributes the worker reads
     on its hot paths, so that no subscriber means no event is even built.
@@ -142,5 +143,8 @@ def _without(subs: tuple[Subscriber, ...], callback: Subscriber) -> tuple[Subscr
 def _call(callback: Subscriber, event: TaskEvent) -> None:
     try:
         callback(event)
-    except Exception:
+    except BaseException:
+        # Even SystemExit or KeyboardInterrupt: a subscriber runs inside the
+        # worker's own bookkeeping (adding, starting, finishing a task), which
+        # must never stop half way, and re-raised on the loop they would stop it.
         logger.exception("task_worker event subscriber %r raised; it stays subscribed", callback)

@@ -18,7 +18,10 @@ def check_fraction(fraction: Any) -> float:
     if type(fraction) is not float:
         if isinstance(fraction, bool) or not hasattr(fraction, "__float__") or isinstance(fraction, complex):
             raise TypeError(f"progress must be a real number in [0, 1], got {fraction!r}")
-        fraction = float(fraction)
+        try:
+            fraction = float(fraction)
+        except OverflowError:  # an int (or Fraction) beyond float range: clamped as documented
+            return 1.0 if fraction > 0 else 0.0
     if fraction != fraction:  # NaN
         raise ValueError("progress must be a number in [0, 1], got NaN")
     if fraction < 0.0:
@@ -33,7 +36,8 @@ def report_progress(fraction: float) -> None:
 
     Works from any code a task runs: its coroutine, functions it calls, sync
     task bodies in their worker thread, and threads started with
-    ``asyncio.to_thread``. Values outside [0, 1] are clamped.
+    ``asyncio.to_thread``. Values outside [0, 1] are clamped (also numbers
+    beyond float range).
 
     Raises:
         TypeError: ``fraction`` is not a real number.

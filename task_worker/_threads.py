@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -37,17 +39,46 @@ class ThreadInterrupted(BaseException):
     """
 
 
+class AbandonedThreads:
+    """How many abandoned thread bodies still run, each holding a worker slot.
+
+    The count is kept by the threads themselves, under a lock: a body's thread
+    gives its slot back when it really returns, whatever became of the event
+    loop that started it (stopped, closed, or replaced by another one).
+    """
+
+    __slots__ = ("_lock", "_on_release", "count")
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        #: Called from the returning thread once the count went down (never raises).
+        self._on_release = on_release
+
+    def _add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self.count -= 1
+        self._on_release()
+
+
 class ThreadRun:
     """One sync body in one worker thread: where it runs and whether it may be interrupted."""
 
-    __slots__ = ("_ident", "_injected", "_lock", "_requested", "done")
+    __slots__ = ("_abandoned", "_ident", "_injected", "_lock", "_requested", "_returned", "done")
 
     def __init__(self, done: asyncio.Future[tuple[bool, Any]]) -> None:
         self._lock = threading.Lock()
         self._ident = 0
         self._requested = False
         self._injected = False
-        #: Resolved on the loop with ``(ok, value_or_exception)`` when the thread is finished.
+        self._returned = False
+        self._abandoned: AbandonedThreads | None = None
+        #: Resolved on the loop with ``(ok, value_or_exception)`` when the thread is finished
+        #: (never, once abandoned: nobody waits any more).
         self.done = done
 
     def main(
@@ -64,13 +95,19 @@ class ThreadRun:
                     self._ident = threading.get_ident()
                 outcome = (True, func(*args, **kwargs))
             finally:
-                # From here on no interruption may land: executor internals would
+                # From here on no interruption may land: our own code would
                 # receive it. Clear a pending one under the lock the injector holds.
                 with self._lock:
                     self._ident = 0
                     _clear_async_exc(threading.get_ident(), None)
         except BaseException as exc:
             outcome = (False, exc)
+        with self._lock:
+            self._returned = True
+            abandoned = self._abandoned
+        if abandoned is not None:
+            abandoned._release()  # nobody waits for the outcome: just free the slot
+            return
         try:
             loop.call_soon_threadsafe(_resolve, self.done, outcome)
         except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
@@ -82,6 +119,16 @@ class ThreadRun:
         sets the task's cancel reason)."""
         with self._lock:
             self._requested = True
+
+    def abandon(self, counter: AbandonedThreads) -> bool:
+        """Stop waiting for the body. Unless its thread already returned, it is
+        counted in ``counter`` until it does. Returns whether it was counted."""
+        with self._lock:
+            if self._returned or self._abandoned is not None:
+                return False
+            self._abandoned = counter
+            counter._add()  # under our lock: the thread releases only after this
+            return True
 
     def inject(self) -> None:
         """Raise ``ThreadInterrupted`` in the body's thread (once), if it still runs.
@@ -99,3 +146,76 @@ class ThreadRun:
 def _resolve(fut: asyncio.Future[tuple[bool, Any]], outcome: tuple[bool, Any]) -> None:
     if not fut.done():
         fut.set_result(outcome)
+
+
+_Job = tuple[Callable[..., None], tuple[Any, ...]]
+_live_pools: weakref.WeakSet[BodyThreads] = weakref.WeakSet()
+_atexit_registered = False
+
+
+class BodyThreads:
+    """The threads sync bodies run in: one thread per body, idle threads reused.
+
+    A submitted body never waits in a queue behind others (unlike a
+    ``ThreadPoolExecutor`` of fixed size): it starts at once, so a body counted
+    as running is really running, and shutting down has nothing to cancel.
+    The worker's slots bound how many bodies run at once.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting on _jobs
+        self._started = 0
+        self._closed = False
+        global _atexit_registered
+        if not _atexit_registered:
+            _atexit_registered = True
+            # As concurrent.futures does: wake idle threads at interpreter exit,
+            # before threading joins them.
+            try:
+                threading._register_atexit(_shutdown_all)  # type: ignore[attr-defined]
+            except RuntimeError:  # the interpreter is already shutting down
+                pass
+        _live_pools.add(self)
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` (which must not raise) in a thread, now."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the thread pool is shut down")
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put((fn, args))
+                return
+            self._started += 1
+            n = self._started
+        # In a box the thread empties: Thread keeps its args until it ends.
+        threading.Thread(target=self._serve, args=([(fn, args)],), name=f"{self._name}_{n}").start()
+
+    def _serve(self, box: list[_Job]) -> None:
+        job: _Job | None = box.pop()
+        while job is not None:
+            fn, args = job
+            fn(*args)
+            # Idle threads hold nothing of the last body (its context holds its task).
+            job = fn = args = None  # type: ignore[assignment]
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+            job = self._jobs.get()
+
+    def shutdown(self) -> None:
+        """Let idle threads exit; busy ones exit when their body returns."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)
+
+
+def _shutdown_all() -> None:
+    for pool in list(_live_pools):
+        pool.shutdown()

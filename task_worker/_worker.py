@@ -16,11 +16,18 @@ import sys
 import threading
 import time
 import traceback as _tb
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from types import CoroutineType, FunctionType, MappingProxyType, TracebackType
+from types import (
+    BuiltinFunctionType,
+    CoroutineType,
+    FunctionType,
+    MappingProxyType,
+    MethodType,
+    TracebackType,
+)
 from typing import Any, NamedTuple
 
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
@@ -40,7 +47,7 @@ from ._record import (
 from ._registry import _names as _registered_names
 from ._registry import resolve
 from ._status import TaskStatus
-from ._threads import INJECT_AFTER, ThreadInterrupted, ThreadRun
+from ._threads import INJECT_AFTER, AbandonedThreads, BodyThreads, ThreadRun
 
 logger = logging.getLogger("task_worker")
 
@@ -59,13 +66,16 @@ _ADDED, _STARTED, _PROGRESS, _FINISHED = (
 _now = time.time
 
 # Per-function facts, looked up on every add_task: (flags). Bounded so that
-# re-run notebook cells defining new functions cannot grow it forever.
+# re-run notebook cells defining new functions cannot grow it forever. Keys are
+# functions only: a bound method is cached by its function and a partial or a
+# callable object is not cached, so the cache never keeps a user's object alive.
 _func_flags: dict[Any, int] = {}
 
 
 def _flags_for(func: Callable[..., Any]) -> int:
+    key: Any = func.__func__ if type(func) is MethodType else func
     try:
-        return _func_flags[func]
+        return _func_flags[key]
     except (KeyError, TypeError):
         pass
     flags = IS_ASYNC if inspect.iscoroutinefunction(func) else 0
@@ -75,13 +85,14 @@ def _flags_for(func: Callable[..., Any]) -> int:
         params = {}  # type: ignore[assignment]
     if "progress_callback" in params:
         flags |= WANTS_PROGRESS
-    try:
+    if type(key) in _CACHEABLE:
         if len(_func_flags) >= 4096:
             _func_flags.clear()
-        _func_flags[func] = flags
-    except TypeError:  # unhashable callable
-        pass
+        _func_flags[key] = flags
     return flags
+
+
+_CACHEABLE = (FunctionType, BuiltinFunctionType)
 
 
 def _check_timeout(timeout: object, what: str) -> float | None:
@@ -103,17 +114,32 @@ def _check_max_workers(max_workers: object) -> int:
     return max_workers
 
 
+def _type_name(exc: BaseException) -> str:
+    try:
+        return str(type(exc).__name__)
+    except BaseException:  # a metaclass with a hostile __getattribute__
+        return "exception"
+
+
 def _format_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` without the worker's own frames."""
-    te = _tb.TracebackException(type(exc), exc, exc.__traceback__)
-    frames = [f for f in te.stack if not f.filename.startswith(_PKG_DIR)]
-    te.stack = _tb.StackSummary.from_list(frames)
-    return "".join(te.format())
+    """The traceback of ``exc`` without the worker's own frames. Never raises."""
+    try:
+        te = _tb.TracebackException(type(exc), exc, exc.__traceback__)
+        frames = [f for f in te.stack if not f.filename.startswith(_PKG_DIR)]
+        te.stack = _tb.StackSummary.from_list(frames)
+        return "".join(te.format())
+    except BaseException:  # formatting runs user code (__str__, __notes__ ...)
+        return f"{_type_name(exc)}: <its traceback could not be formatted>\n"
 
 
 def _error_message(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``"Type: message"``, never raising: ``str(exc)`` is user code."""
+    name = _type_name(exc)
+    try:
+        text = str(exc)
+    except BaseException:
+        return f"{name}: <str() of the exception raised>"
+    return f"{name}: {text}" if text else name
 
 
 class WorkerStats(NamedTuple):
@@ -191,9 +217,11 @@ class AsyncTaskWorker:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._hub = EventHub()
         self._dirty: dict[str, TaskRecord] = {}  # progress to publish this loop turn
-        self._threads: ThreadPoolExecutor | None = None
-        # Abandoned thread bodies still running (stop() stopped waiting for them).
-        self._zombies = 0
+        self._threads: BodyThreads | None = None
+        self._threads_closer: weakref.finalize[[], AsyncTaskWorker] | None = None
+        # Abandoned thread bodies still running (nobody waits for them any more):
+        # each keeps its slot until its thread returns and says so.
+        self._abandoned = AbandonedThreads(self._thread_freed)
 
     # ------------------------------------------------------------------ state
     @property
@@ -204,8 +232,6 @@ class AsyncTaskWorker:
     @max_workers.setter
     def max_workers(self, value: int) -> None:
         self._max_workers = _check_max_workers(value)
-        if self._threads is not None and self._threads._max_workers < value:
-            self._threads._max_workers = value  # grow the thread pool with the slots
         if self._state == "running":
             self._dispatch()
         self._emit_worker()
@@ -244,7 +270,7 @@ class AsyncTaskWorker:
             _FAILED: len(self._finished[_FAILED]),
             _CANCELLED: len(self._finished[_CANCELLED]),
         }
-        return WorkerStats(self.running, self._max_workers, len(self._active) + self._zombies,
+        return WorkerStats(self.running, self._max_workers, len(self._active) + self._abandoned.count,
                            MappingProxyType(counts), len(self._tasks))
 
     def __len__(self) -> int:
@@ -284,11 +310,14 @@ class AsyncTaskWorker:
         self._emit_worker()
 
     def _abandon_closed_loop(self) -> None:
-        # The loop we ran on was closed without stop(): its tasks are gone.
+        # The loop we ran on was closed without stop(): its tasks are gone, but
+        # thread bodies may still run; they keep their slots until they return.
         for rec in list(self._running.values()):
+            if rec.thread is not None:
+                rec.thread.abandon(self._abandoned)
             self._finish(rec, _CANCELLED, error="cancelled: its event loop was closed")
         self._active.clear()
-        self._zombies = 0
+        self._close_threads()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker.
@@ -298,8 +327,8 @@ class AsyncTaskWorker:
         cancelled; those that still have not finished after ``cancel_grace``
         are marked cancelled and abandoned (an abandoned thread keeps counting
         against ``max_workers`` until it returns, also after a restart).
-        Returns within ``timeout + 2 * cancel_grace`` seconds. Safe to call
-        again; ``start()`` works afterwards.
+        Returns within ``timeout + cancel_grace`` seconds (plus one loop
+        turn). Safe to call again; ``start()`` works afterwards.
         """
         timeout = (_check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
         if self._state in ("new", "stopped"):
@@ -329,19 +358,19 @@ class AsyncTaskWorker:
                              error="cancelled: the worker stopped and the task did not unwind in time")
             if self._active:
                 # A second cancel makes job tasks waiting for a thread stuck in a
-                # C call give up waiting (the thread keeps its slot, see _zombies).
+                # C call give up waiting (the thread keeps its slot, see
+                # _abandoned); they do so in one loop turn, inside the budget of
+                # timeout + cancel_grace.
                 for job in list(self._active):
                     job.cancel()
-                await asyncio.wait(set(self._active), timeout=self._cancel_grace)
+                await asyncio.sleep(0)
             if self._active:
                 # They keep their slots (and their asyncio tasks) until they return.
                 logger.warning(
                     "task_worker: %d task bodies ignored cancellation at stop(); they are abandoned",
                     len(self._active))
         finally:
-            if self._threads is not None:
-                self._threads.shutdown(wait=False, cancel_futures=True)
-                self._threads = None
+            self._close_threads()  # bodies still running keep their threads
             self._state = "stopped"
             self._stopped.set_result(None)
             self._wake_idle()
@@ -460,10 +489,10 @@ class AsyncTaskWorker:
         tasks[task_id] = rec
         self._queued[key] = rec
         heapq.heappush(self._heap, key)
-        if self._hub.active:
-            self._hub.emit(TaskEvent(_ADDED, rec.snapshot()))
         if not self._dispatch_scheduled:
             self._schedule_dispatch()
+        if self._hub.active:
+            self._hub.emit(TaskEvent(_ADDED, rec.snapshot()))
         return task_id
 
     def _raise_not_running(self) -> None:
@@ -500,7 +529,7 @@ class AsyncTaskWorker:
         heap = self._heap
         queued = self._queued
         active = self._active
-        limit = self._max_workers - self._zombies
+        limit = self._max_workers - self._abandoned.count
         while heap and len(active) < limit:
             rec = queued.pop(heapq.heappop(heap), None)
             if rec is None:
@@ -550,15 +579,21 @@ class AsyncTaskWorker:
                 elif rec.flags & IS_ASYNC:
                     result = await (func(*args, **kwargs) if kwargs else func(*args))
                 else:
-                    result = await self._run_in_thread(rec, func, args, kwargs or {})
+                    ok, result = await self._run_in_thread(rec, func, args, kwargs or {})
+                    if not ok:
+                        # Raised and caught in this frame: a StopIteration stays one
+                        # (out of a coroutine it would become a RuntimeError).
+                        raise result
                     if inspect.isawaitable(result):  # a plain function that returned a coroutine
                         result = await result
-            except (asyncio.CancelledError, ThreadInterrupted):
+            except asyncio.CancelledError:
                 reason = rec.cancel_reason
                 self._finish_stopped(rec)
                 if reason is None:
                     raise  # not a cancellation we asked for: let it propagate
             except BaseException as exc:
+                # Also ThreadInterrupted: ours when a cancel reason is set, else
+                # the body raised it itself and simply failed.
                 if rec.cancel_reason is not None:
                     self._finish_stopped(rec)
                 else:
@@ -577,19 +612,21 @@ class AsyncTaskWorker:
     async def _run_in_thread(
         self, rec: TaskRecord, func: Callable[..., Any], args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Any:
+    ) -> tuple[bool, Any]:
+        """Run a sync body in its own thread; ``(True, result)`` or ``(False, exception)``."""
         loop = self._loop
         assert loop is not None
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(self._max_workers, thread_name_prefix="task_worker")
+        threads = self._threads
+        if threads is None:
+            threads = self._open_threads()
         run = ThreadRun(loop.create_future())
         rec.thread = run
         # The thread gets a copy of the task's context: report_progress and
         # output routing work there, as with asyncio.to_thread.
         ctx = contextvars.copy_context()
-        self._threads.submit(ctx.run, run.main, loop, func, args, kwargs)
+        threads.submit(ctx.run, run.main, loop, func, args, kwargs)
         try:
-            ok, value = await asyncio.shield(run.done)
+            return await asyncio.shield(run.done)
         except asyncio.CancelledError:
             run.request_stop()
             loop.call_later(INJECT_AFTER, run.inject)
@@ -600,17 +637,34 @@ class AsyncTaskWorker:
             except asyncio.CancelledError:
                 # Cancelled again (stop): stop waiting, but the thread keeps
                 # counting against max_workers until it returns.
-                if not run.done.done():
-                    self._zombies += 1
-                    run.done.add_done_callback(self._zombie_done)
+                run.abandon(self._abandoned)
                 raise
             raise
-        if ok:
-            return value
-        raise value
 
-    def _zombie_done(self, _: object) -> None:
-        self._zombies -= 1
+    def _open_threads(self) -> BodyThreads:
+        threads = self._threads = BodyThreads("task_worker")
+        # A worker dropped without stop(): its idle threads exit with it.
+        self._threads_closer = weakref.finalize(self, threads.shutdown)
+        return threads
+
+    def _close_threads(self) -> None:
+        if self._threads_closer is not None:
+            self._threads_closer()  # shuts the threads down, once
+            self._threads_closer = None
+        self._threads = None
+
+    def _thread_freed(self) -> None:
+        # Called in an abandoned body's thread once it returned and gave its
+        # slot back: start waiting tasks on whatever loop the worker runs on now.
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._dispatch_soon_unflagged)
+        except RuntimeError:  # closed: the next start() dispatches
+            pass
+
+    def _dispatch_soon_unflagged(self) -> None:
         if self._heap and self._state == "running":
             self._dispatch()
 
@@ -702,6 +756,8 @@ class AsyncTaskWorker:
         rec.status = status
         tb = None
         if exc is not None:
+            # User code (__str__, __repr__, __notes__ ...) that may raise: never
+            # allowed to abort the finish half way.
             error = _error_message(exc)
             if keep_traceback:
                 tb = _format_traceback(exc)
@@ -815,15 +871,20 @@ class AsyncTaskWorker:
 
         Raises:
             KeyError: unknown task id.
+            ValueError, TypeError: ``timeout`` is not a positive number or None.
             asyncio.CancelledError: the task was cancelled.
             TimeoutError: ``timeout`` seconds passed first (the task goes on).
             Exception: whatever the task raised (``TimeoutError`` if it timed out).
+            RuntimeError: the task raised a ``BaseException`` that is not an
+                ``Exception`` (``SystemExit``, ``KeyboardInterrupt`` ...) or a
+                ``StopIteration``, which is its ``__cause__``: raised as it is, it
+                would stop the event loop (or could not leave a coroutine).
         """
+        timeout = _check_timeout(timeout, "timeout")
         item = self._tasks.get(task_id)
         if item is None:
             raise KeyError(f"no task with id {task_id!r}")
         if type(item) is TaskRecord:
-            timeout = _check_timeout(timeout, "timeout")
             info = await asyncio.wait_for(asyncio.shield(self._waiter(item)), timeout)
         else:
             info = item  # type: ignore[assignment]
@@ -907,7 +968,13 @@ class AsyncTaskWorker:
         return items if limit is None else items[:limit]
 
     def get_queue(self, limit: int | None = None) -> list[TaskInfo]:
-        """Pending tasks in the order they will start (cost O(n log limit))."""
+        """Pending tasks in the order they will start (cost O(n log limit)).
+
+        Raises:
+            ValueError: ``limit`` is not a non-negative int or None.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
         queued = self._queued
         if limit is None:
             keys = sorted(queued)
@@ -990,8 +1057,8 @@ class AsyncTaskWorker:
         Events (``TaskEvent``) carry a ``kind`` and a ``TaskInfo`` snapshot.
         Status changes are delivered once each, in order; progress events are
         merged to at most one per task per loop turn. Callbacks run on the
-        loop's thread and must not block; one that raises is logged and stays
-        subscribed.
+        loop's thread and must not block; one that raises (anything, even
+        ``SystemExit``) is logged and stays subscribed.
 
         Args:
             task_id: Only events of this task (a per-cell view), at O(1) cost
@@ -1034,7 +1101,14 @@ def _outcome(info: TaskInfo) -> Any:
     if status is _COMPLETED:
         return info[5]
     if status is _FAILED:
-        raise info[7]
+        exc = info[7]
+        if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+            raise exc
+        # SystemExit, KeyboardInterrupt...: asyncio re-raises those out of the
+        # event loop (killing a kernel) when they leave a coroutine. A
+        # StopIteration cannot leave one (Python turns it into a RuntimeError).
+        raise RuntimeError(
+            f"task {info[0]!r} failed with {_error_message(exc)}") from exc
     raise asyncio.CancelledError(info[6] or "cancelled")
 
 

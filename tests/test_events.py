@@ -111,3 +111,27 @@ async def test_without_progress_subscribers_reports_only_store_the_value(worker:
         assert worker._dirty == {}
 
     await worker.wait(await worker.add_task(body))
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt, asyncio.CancelledError, RuntimeError])
+@pytest.mark.parametrize("kind", ["added", "started", "finished", "removed", "worker"])
+async def test_a_subscriber_raising_anything_never_leaves_the_worker_inconsistent(
+    kind: str, exc_type: type[BaseException], caplog: pytest.LogCaptureFixture,
+) -> None:
+    def hostile(event: TaskEvent) -> None:
+        if event.kind == kind:
+            raise exc_type("subscriber bug")
+
+    w = AsyncTaskWorker(max_workers=1, max_history=1)
+    w.subscribe(hostile)
+    with caplog.at_level(logging.ERROR, logger="task_worker"):
+        await w.start()
+        first = await w.add_task(asyncio.sleep, 0, result="a")  # the task exists and runs
+        assert await asyncio.wait_for(w.wait(first), 10) == "a"
+        second = await w.add_task(asyncio.sleep, 0, result="b")  # drops `first` (REMOVED)
+        assert await asyncio.wait_for(w.wait(second), 10) == "b"
+        w.max_workers = 2
+        await w.stop()
+    stats = w.stats()
+    assert stats.counts["completed"] == 1 and stats.busy == 0 and stats.total == 1  # type: ignore[index]
+    assert "subscriber bug" in caplog.text

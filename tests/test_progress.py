@@ -123,3 +123,20 @@ async def test_progress_from_threads_is_delivered_on_the_loop_thread(worker: Asy
 
     await worker.wait(await worker.add_task(body))
     assert threads == {threading.get_ident()}
+
+
+async def test_numbers_beyond_float_range_are_clamped_not_an_overflow_error(worker: AsyncTaskWorker) -> None:
+    from fractions import Fraction
+
+    seen: list[float] = []
+
+    async def body() -> None:
+        report_progress(10**400)
+        seen.append(worker.get_task_info(current_task_id() or "").progress)  # type: ignore[union-attr]
+        report_progress(-(10**400))
+        seen.append(worker.get_task_info(current_task_id() or "").progress)  # type: ignore[union-attr]
+        report_progress(Fraction(10**400, 3))
+        seen.append(worker.get_task_info(current_task_id() or "").progress)  # type: ignore[union-attr]
+
+    await worker.wait(await worker.add_task(body))
+    assert seen == [1.0, 0.0, 1.0]

@@ -1,24 +1,43 @@
-"""Property-based reliability test: random add / cancel / release / timeout / stop sequences.
+"""Property-based reliability test: random operation sequences against one worker.
+
+Operations: add tasks of many kinds (succeeding, failing, gated, stuck, timing
+out, thread bodies stuck in a C call, bodies raising ``SystemExit`` /
+``KeyboardInterrupt``, exceptions whose ``__str__`` and ``__repr__`` raise),
+cancel, release, let the loop turn, change ``max_workers`` while thread bodies
+run, take futures, subscribe callbacks that raise (``Exception`` and
+``BaseException``), stop and restart, and restart on a *new* event loop (a new
+``asyncio.run``) after a stop that abandoned threads.
 
 Checks, for every generated sequence: each task reaches exactly one terminal
 state, exactly once (counting FINISHED events); a task cancelled while pending
-never starts; concurrency never exceeds max_workers; with one worker every
-start picks the smallest (priority, submission order) among the waiting tasks;
-after stop() nothing is pending or running and no asyncio task is left over.
+never starts; concurrency never exceeds the largest ``max_workers`` set; with
+one worker every start picks the smallest (priority, submission order) among
+the waiting tasks; after stop() nothing is pending or running and no asyncio
+task is left over; every future resolves as ``wait()`` says; ``stats().busy``
+returns to 0 once every body has returned; and asyncio never reports a
+"never retrieved" exception or a task "destroyed but pending".
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from task_worker import AsyncTaskWorker, EventKind, TaskEvent, TaskStatus
 
-KINDS = ("ok", "fail", "gate", "forever", "sync_gate", "timeout")
+KINDS = ("ok", "fail", "gate", "forever", "sync_gate", "timeout", "sysexit", "sync_kbint",
+         "broken_str", "sync_broken_str")
+SUBSCRIBER_RAISES = (RuntimeError, SystemExit, KeyboardInterrupt)
+#: What asyncio reported to the loops' exception handlers ("exception was never
+#: retrieved", "Task was destroyed but it is pending!"), over every example.
+LOOP_REPORTS: list[dict[str, Any]] = []
 
 op = st.one_of(
     st.tuples(st.just("add"), st.sampled_from(KINDS), st.integers(-2, 2)),
@@ -26,12 +45,26 @@ op = st.one_of(
     st.tuples(st.just("release"), st.integers(0, 40)),
     st.tuples(st.just("tick"), st.integers(1, 3)),
     st.tuples(st.just("restart"), st.just(0)),
+    st.tuples(st.just("new_loop"), st.just(0)),
+    st.tuples(st.just("max_workers"), st.integers(1, 3)),
+    st.tuples(st.just("future"), st.integers(0, 40)),
+    st.tuples(st.just("bad_subscriber"), st.sampled_from(list(EventKind)),
+              st.sampled_from(SUBSCRIBER_RAISES)),
 )
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr() of this exception raises")
 
 
 @dataclass
 class Model:
     max_workers: int
+    largest_max_workers: int = 0
     running_bodies: int = 0
     peak: int = 0
     started_bodies: set[str] = field(default_factory=set)
@@ -58,106 +91,235 @@ class Model:
             self.finished_events[info.id] = self.finished_events.get(info.id, 0) + 1
 
 
-async def scenario(ops: list[tuple[object, ...]], max_workers: int) -> None:
-    model = Model(max_workers)
-    worker = AsyncTaskWorker(max_workers=max_workers, cancel_grace=0.02)
-    worker.subscribe(model.on_event)
-    baseline = asyncio.all_tasks()
-    await worker.start()
-    ids: list[str] = []
-    gates: dict[str, asyncio.Event] = {}
-    tgates: dict[str, threading.Event] = {}
+class _Records(logging.Handler):
+    """Takes the worker's log records (raising subscribers) off stderr."""
 
-    lock = threading.Lock()  # sync bodies count from their worker threads
-    sync_live: set[str] = set()  # sync bodies started and not yet released
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
 
-    def enter(tid: str) -> None:
-        with lock:
-            model.started_bodies.add(tid)
-            model.running_bodies += 1
-            model.peak = max(model.peak, model.running_bodies + len(sync_live))
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
-    def leave() -> None:
-        with lock:
-            model.running_bodies -= 1
 
-    def enter_sync(tid: str) -> None:
-        with lock:
-            model.started_bodies.add(tid)
-            sync_live.add(tid)
-            model.peak = max(model.peak, model.running_bodies + len(sync_live))
+def _check_future(fut: asyncio.Future[Any], info: Any) -> None:
+    assert fut.done(), info
+    if info.status == TaskStatus.COMPLETED:
+        assert fut.result() == info.result
+    elif info.status == TaskStatus.CANCELLED:
+        assert fut.cancelled(), info
+    else:
+        exc = fut.exception()
+        expected = info.exception
+        if isinstance(expected, Exception) and not isinstance(expected, StopIteration):
+            assert exc is expected
+        else:  # wrapped: a BaseException re-raised on the loop would stop it
+            assert isinstance(exc, RuntimeError) and exc.__cause__ is expected
 
-    async def body(tid: str, kind: str) -> str:
-        enter(tid)
+
+class Scenario:
+    """One generated sequence, possibly over several event loops (``new_loop``)."""
+
+    def __init__(self, ops: list[tuple[Any, ...]], max_workers: int) -> None:
+        self.ops = ops
+        self.model = Model(max_workers, largest_max_workers=max_workers)
+        self.worker = AsyncTaskWorker(max_workers=max_workers, cancel_grace=0.02)
+        self.worker.subscribe(self.model.on_event)
+        self.ids: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}  # of the current loop only
+        self.tgates: dict[str, threading.Event] = {}
+        self.futures: list[tuple[asyncio.Future[Any], str]] = []
+        self.lock = threading.Lock()  # sync bodies count from their worker threads
+        self.sync_live: set[str] = set()  # sync bodies started and not yet released
+        self.sync_returned = 0
+
+    # -------------------------------------------------------------- bodies
+    def enter(self, tid: str) -> None:
+        with self.lock:
+            self.model.started_bodies.add(tid)
+            self.model.running_bodies += 1
+            self.model.peak = max(self.model.peak, self.model.running_bodies + len(self.sync_live))
+
+    def leave(self) -> None:
+        with self.lock:
+            self.model.running_bodies -= 1
+
+    async def body(self, tid: str, kind: str) -> str:
+        self.enter(tid)
         try:
             if kind == "fail":
                 raise ValueError(tid)
+            if kind == "sysexit":
+                raise SystemExit(tid)
+            if kind == "broken_str":
+                raise BrokenStr()
             if kind == "gate":
-                await gates[tid].wait()
+                await self.gates[tid].wait()
             if kind in ("forever", "timeout"):
                 await asyncio.Event().wait()
             return tid
         finally:
-            leave()
+            self.leave()
 
-    def sync_body(tid: str) -> str:
-        # Waits in a C call, which a cancellation cannot interrupt: such a body
-        # lives until the test releases it, whatever the worker says, and must
-        # keep its slot until then (even across stop() and start()).
-        enter_sync(tid)
-        tgates[tid].wait()
-        return tid
+    def sync_body(self, tid: str, kind: str) -> str:
+        # sync_gate waits in a C call, which a cancellation cannot interrupt:
+        # such a body lives until the test releases it, whatever the worker
+        # says, and must keep its slot until then (even across stop() and start()).
+        if kind == "sync_gate":
+            with self.lock:
+                self.model.started_bodies.add(tid)
+                self.sync_live.add(tid)
+                self.model.peak = max(self.model.peak, self.model.running_bodies + len(self.sync_live))
+            self.tgates[tid].wait()
+            return tid
+        self.enter(tid)
+        try:
+            if kind == "sync_kbint":
+                raise KeyboardInterrupt(tid)
+            raise BrokenStr()
+        finally:
+            self.leave()
 
-    for item in ops:
-        name = item[0]
-        if name == "add" and worker.running:
-            kind, prio = item[1], item[2]
-            tid = f"t{len(ids)}"
-            if kind == "sync_gate":
-                tgates[tid] = threading.Event()
-                await worker.add_task(sync_body, tid, priority=prio, task_id=tid)
+    # ------------------------------------------------------------- phases
+    def run(self) -> None:
+        phases: list[list[tuple[Any, ...]]] = [[]]
+        for item in self.ops:
+            if item[0] == "new_loop":
+                phases.append([])
             else:
-                gates[tid] = asyncio.Event()
-                timeout = 0.005 if kind == "timeout" else None
-                await worker.add_task(body, tid, kind, priority=prio, task_id=tid, timeout=timeout)
-            ids.append(tid)
-        elif name == "cancel" and ids:
-            await worker.cancel_task(ids[item[1] % len(ids)])  # type: ignore[operator]
-        elif name == "release" and ids:
-            tid = ids[item[1] % len(ids)]  # type: ignore[operator]
-            if tid in gates:
-                gates[tid].set()
-            else:
-                with lock:
-                    tgates[tid].set()
-                    sync_live.discard(tid)
-        elif name == "tick":
-            for _ in range(item[1]):  # type: ignore[call-overload]
-                await asyncio.sleep(0)
-        elif name == "restart":
-            await worker.stop(timeout=0.01)
-            await worker.start()
+                phases[-1].append(item)
+        handler = _Records()
+        logger = logging.getLogger("task_worker")
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            for phase in phases:
+                asyncio.run(self.phase(phase))
+            self.release_all()
+            asyncio.run(self.final())
+        finally:
+            self.release_all()
+            logger.removeHandler(handler)
+            logger.propagate = True
+        # "Never retrieved" and "destroyed but pending" are reported when the
+        # objects are collected: the young generations here (a full collection
+        # per example would cost 20x the example), everything at the end of the test.
+        gc.collect(1)
+        assert LOOP_REPORTS == [], LOOP_REPORTS
 
-    await worker.stop(timeout=0.01)
-    for ev in tgates.values():
-        ev.set()
+    def release_all(self) -> None:
+        with self.lock:
+            for ev in self.tgates.values():
+                ev.set()
+            self.sync_live.clear()
 
-    stats = worker.stats()
-    assert stats.counts[TaskStatus.PENDING] == 0 and stats.counts[TaskStatus.RUNNING] == 0
-    for tid in ids:
-        info = worker.get_task_info(tid)
-        assert info is not None and info.done, info
-        assert model.finished_events.get(tid) == 1, (tid, model.finished_events.get(tid))
-    assert not (model.cancelled_while_pending & model.started_bodies)
-    assert model.peak <= max_workers
-    assert model.order_violations == []
-    await asyncio.sleep(0)
-    assert asyncio.all_tasks() - baseline == set()
+    async def phase(self, ops: list[tuple[Any, ...]]) -> None:
+        worker, model = self.worker, self.model
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: LOOP_REPORTS.append(ctx))
+        baseline = asyncio.all_tasks()
+        self.gates = {}
+        self.futures = []
+        await worker.start()
+        for item in ops:
+            name = item[0]
+            if name == "add" and worker.running:
+                kind, prio = item[1], item[2]
+                tid = f"t{len(self.ids)}"
+                if kind.startswith("sync_"):
+                    self.tgates[tid] = threading.Event()
+                    await worker.add_task(self.sync_body, tid, kind, priority=prio, task_id=tid)
+                else:
+                    self.gates[tid] = asyncio.Event()
+                    timeout = 0.005 if kind == "timeout" else None
+                    await worker.add_task(self.body, tid, kind, priority=prio, task_id=tid,
+                                          timeout=timeout)
+                self.ids.append(tid)
+            elif name == "cancel" and self.ids:
+                await worker.cancel_task(self.ids[item[1] % len(self.ids)])
+            elif name == "release" and self.ids:
+                tid = self.ids[item[1] % len(self.ids)]
+                if tid in self.gates:
+                    self.gates[tid].set()
+                elif tid in self.tgates:
+                    with self.lock:
+                        self.tgates[tid].set()
+                        self.sync_live.discard(tid)
+            elif name == "tick":
+                for _ in range(item[1]):
+                    await asyncio.sleep(0)
+            elif name == "restart":
+                await worker.stop(timeout=0.01)
+                await worker.start()
+            elif name == "max_workers":
+                model.max_workers = worker.max_workers = item[1]
+                model.largest_max_workers = max(model.largest_max_workers, item[1])
+            elif name == "future" and self.ids:
+                tid = self.ids[item[1] % len(self.ids)]
+                if tid in worker:
+                    self.futures.append((worker.get_task_future(tid), tid))
+            elif name == "bad_subscriber":
+                kind, exc_type = item[1], item[2]
+
+                def bad(event: TaskEvent, kind: EventKind = kind, exc_type: type = exc_type) -> None:
+                    if event.kind == kind:
+                        raise exc_type("a subscriber bug")
+
+                worker.subscribe(bad)
+
+        # Futures of every task, taken while some are still active.
+        self.futures += [(worker.get_task_future(t), t) for t in self.ids if t in worker]
+        await worker.stop(timeout=0.01)
+        stats = worker.stats()
+        assert stats.counts[TaskStatus.PENDING] == 0 and stats.counts[TaskStatus.RUNNING] == 0
+        if self.futures:
+            await asyncio.wait([f for f, _ in self.futures], timeout=10)
+        for fut, tid in self.futures:
+            info = worker.get_task_info(tid)
+            assert info is not None and info.done, info
+            _check_future(fut, info)
+        await asyncio.sleep(0)
+        assert asyncio.all_tasks() - baseline == set()
+
+    async def final(self) -> None:
+        # Every body has been released: once each has returned, every slot is free.
+        worker = self.worker
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: LOOP_REPORTS.append(ctx))
+        await worker.start()
+        worker.max_workers = 1
+        # It can start only when no abandoned body holds a slot any more.
+        probe = await worker.add_task(asyncio.sleep, 0, result="probe")
+        assert await asyncio.wait_for(worker.wait(probe), 10) == "probe"
+        assert worker.stats().busy == 0
+        await worker.stop()
+        model = self.model
+        for tid in self.ids:
+            info = worker.get_task_info(tid)
+            assert info is not None and info.done, info
+            assert model.finished_events.get(tid) == 1, (tid, model.finished_events.get(tid))
+            if info.status == TaskStatus.FAILED:
+                assert info.error, info
+        assert not (model.cancelled_while_pending & model.started_bodies)
+        assert model.peak <= model.largest_max_workers
+        assert model.order_violations == []
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, max_size=40), max_workers=st.sampled_from([1, 2, 3]))
-def test_random_operation_sequences_keep_every_invariant(
-    ops: list[tuple[object, ...]], max_workers: int,
-) -> None:
-    asyncio.run(scenario(ops, max_workers))
+# Found by this test before the fixes: a thread abandoned by stop() kept its slot
+# on the next loop; a task's SystemExit left through its future and stopped the loop;
+# a thread body launched under max_workers=3 queued behind a pool of 1.
+@example(ops=[("add", "sync_gate", 0), ("tick", 2), ("new_loop", 0)], max_workers=1)
+@example(ops=[("add", "sysexit", 0), ("future", 0), ("tick", 3)], max_workers=1)
+@example(ops=[("add", "sync_gate", 0), ("add", "sync_gate", 0), ("tick", 1), ("max_workers", 1),
+              ("tick", 3), ("restart", 0), ("release", 0), ("release", 1)], max_workers=2)
+def check_random_operation_sequence(ops: list[tuple[Any, ...]], max_workers: int) -> None:
+    Scenario(ops, max_workers).run()
+
+
+def test_random_operation_sequences_keep_every_invariant() -> None:
+    LOOP_REPORTS.clear()
+    check_random_operation_sequence()
+    gc.collect()
+    assert LOOP_REPORTS == [], LOOP_REPORTS

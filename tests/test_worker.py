@@ -340,10 +340,51 @@ async def test_keyboard_interrupt_and_system_exit_fail_the_task_not_the_worker(
 
     for func in (body, sync_body):
         tid = await worker.add_task(func)
-        with pytest.raises(exc_type):
+        # Re-raised as it is, it would stop the event loop: wait() wraps it.
+        with pytest.raises(RuntimeError, match=exc_type.__name__) as caught:
             await worker.wait(tid)
-        assert worker.get_task_info(tid).status == "failed"  # type: ignore[union-attr]
+        assert isinstance(caught.value.__cause__, exc_type)
+        info = worker.get_task_info(tid)
+        assert info is not None and info.status == "failed" and isinstance(info.exception, exc_type)
     assert await worker.wait(await worker.add_task(_value, 2)) == 2
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_a_task_base_exception_never_reaches_the_event_loop_through_any_api(
+    exc_type: type[BaseException],
+) -> None:
+    # Its own loop: before the fix the loop died with the task's exception.
+    async def body() -> None:
+        raise exc_type()
+
+    def sync_body() -> None:
+        raise exc_type()
+
+    async def main() -> list[BaseException]:
+        seen: list[BaseException] = []
+        async with AsyncTaskWorker(max_workers=2) as w:
+            w.subscribe(lambda event: None)
+            ids = [await w.add_task(body), await w.add_task(sync_body)]
+            futures = w.get_task_futures(ids)  # taken before the tasks fail
+            await w.join()
+            futures += w.get_task_futures(ids)  # and after
+            w.get_task_future(ids[0])  # one nobody awaits
+            for fut in futures:
+                try:
+                    await fut
+                except RuntimeError as exc:
+                    seen.append(exc)
+            for tid in ids:
+                with pytest.raises(RuntimeError):
+                    await w.wait(tid)
+            await asyncio.sleep(0)
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    except BaseException as exc:  # the defect: the loop died
+        pytest.fail(f"the event loop died with {exc!r}")
+    assert len(seen) == 4 and all(isinstance(e.__cause__, exc_type) for e in seen)
 
 
 async def test_unretrieved_failures_never_reach_asyncio_exception_handler() -> None:
@@ -602,6 +643,96 @@ async def test_stop_with_a_stuck_thread_returns_in_bounded_time() -> None:
     await w.stop()
 
 
+async def test_bodies_launched_before_max_workers_shrinks_all_run_and_free_their_slots() -> None:
+    # Three thread bodies launched with max_workers=3, then max_workers=1 before
+    # their threads exist: each must really start (none queued behind a smaller
+    # pool), and after stop() abandons them each frees its slot when it returns.
+    release = threading.Event()
+    started: list[str] = []
+    all_started = threading.Event()
+    lock = threading.Lock()
+
+    def blocked(tag: str) -> str:
+        with lock:
+            started.append(tag)
+            if len(started) == 3:
+                all_started.set()
+        release.wait()  # a C call: cancellation cannot interrupt it
+        return tag
+
+    w = AsyncTaskWorker(max_workers=3, cancel_grace=0.05)
+    await w.start()
+    for tag in "abc":
+        await w.add_task(blocked, tag)
+    await asyncio.sleep(0)  # launched (their asyncio tasks exist), threads not yet asked for
+    w.max_workers = 1
+    assert await asyncio.to_thread(all_started.wait, 10), started
+    await w.stop(timeout=0.01)
+    assert w.stats().busy == 3  # abandoned, still running
+    release.set()
+    await w.start()
+    # It can only start once every abandoned body has returned and freed its slot.
+    nxt = await w.add_task(_value, "next")
+    assert await w.wait(nxt, timeout=10) == "next"
+    assert w.stats().busy == 0
+    await w.stop()
+
+
+def test_a_thread_abandoned_on_a_closed_loop_frees_its_slot_for_the_next_loop() -> None:
+    release = threading.Event()
+    started = threading.Event()
+    w = AsyncTaskWorker(max_workers=1, cancel_grace=0.05)
+
+    def blocked() -> None:
+        started.set()
+        release.wait()
+
+    async def first() -> None:
+        await w.start()
+        await w.add_task(blocked)
+        await asyncio.to_thread(started.wait, 10)
+        await w.stop(timeout=0.01)
+        assert w.stats().busy == 1
+
+    async def second() -> object:
+        await w.start()
+        nxt = await w.add_task(_value, "ran")
+        try:
+            return await w.wait(nxt, timeout=10)
+        finally:
+            await w.stop()
+
+    asyncio.run(first())
+    release.set()  # returns while no loop runs: it cannot report to the closed one
+    assert asyncio.run(second()) == "ran"
+    assert w.stats().busy == 0
+
+
+async def test_stop_with_a_body_swallowing_cancellation_keeps_its_time_bound() -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+
+    w = AsyncTaskWorker(max_workers=1, cancel_grace=1.0)
+    await w.start()
+    await w.add_task(stubborn)
+    await started.wait()
+    t0 = time.perf_counter()
+    await w.stop(timeout=0.05)
+    elapsed = time.perf_counter() - t0
+    release.set()
+    await asyncio.sleep(0)
+    # Promised: timeout + cancel_grace (1.05 s); it used to take timeout + 2 * cancel_grace.
+    assert elapsed < 1.6, elapsed
+
+
 # ---------------------------------------------------------------- context
 async def test_each_task_runs_in_the_context_captured_at_add_task(worker: AsyncTaskWorker) -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
@@ -688,3 +819,204 @@ async def test_get_queue_with_limit_walks_past_cancelled_entries() -> None:
         for limit in (0, 1, 5, 50, 500):
             assert [i.id for i in w.get_queue(limit=limit)] == expected[:limit]
         gate.set()
+
+
+async def test_get_queue_rejects_a_bad_limit_like_get_all_tasks(worker: AsyncTaskWorker) -> None:
+    for bad in (-1, "a", 1.5, True):
+        with pytest.raises(ValueError, match="limit"):
+            worker.get_queue(limit=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="limit"):
+            worker.get_all_tasks(limit=bad)  # type: ignore[arg-type]
+    assert worker.get_queue(limit=0) == []
+
+
+async def test_wait_rejects_a_bad_timeout_for_active_and_finished_tasks(worker: AsyncTaskWorker) -> None:
+    gate = asyncio.Event()
+    done = await worker.add_task(_value, 1)
+    await worker.wait(done)
+    pending = await worker.add_task(gate.wait)
+    for tid in (done, pending):
+        with pytest.raises(ValueError, match="timeout"):
+            await worker.wait(tid, timeout=-1)
+        with pytest.raises(TypeError, match="timeout"):
+            await worker.wait(tid, timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        await worker.wait("no such task", timeout=0)  # validation first
+    gate.set()
+
+
+# ------------------------------------------------------ hostile exceptions
+class _BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+class _BrokenStrBase(Exception):
+    def __str__(self) -> str:
+        raise SystemExit("str() exits")
+
+
+def _raise_broken(exc_type: type[BaseException]) -> None:
+    raise exc_type()
+
+
+async def _raise_broken_async(exc_type: type[BaseException]) -> None:
+    raise exc_type()
+
+
+@pytest.mark.parametrize("exc_type", [_BrokenStr, _BrokenStrBase])
+async def test_an_exception_with_a_raising_str_still_finishes_the_task(
+    exc_type: type[BaseException],
+) -> None:
+    seen: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    finished: list[str] = []
+    try:
+        async with AsyncTaskWorker(max_workers=2) as w:
+            w.subscribe(lambda e: finished.append(e.task_id) if e.kind == "finished" else None)
+            ids = [await w.add_task(_raise_broken_async, exc_type),
+                   await w.add_task(_raise_broken, exc_type)]
+            for tid in ids:
+                try:
+                    await asyncio.wait_for(w.wait(tid), 10)
+                except exc_type:
+                    pass
+                info = w.get_task_info(tid)
+                assert info is not None and info.status == "failed"
+                assert info.error is not None and exc_type.__name__ in info.error
+                assert isinstance(info.exception, exc_type)
+                assert info.traceback is not None
+            assert w.stats().counts[TaskStatus.FAILED] == 2
+            assert sorted(finished) == sorted(ids)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert seen == []
+
+
+async def test_a_thread_body_raising_thread_interrupted_itself_just_fails() -> None:
+    from task_worker import ThreadInterrupted
+
+    seen: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+
+    def body() -> None:
+        raise ThreadInterrupted("raised by the body, not by a cancel")
+
+    try:
+        async with AsyncTaskWorker() as w:
+            tid = await w.add_task(body)
+            await w.join()
+            info = w.get_task_info(tid)
+            assert info is not None and info.status == "failed"
+            assert isinstance(info.exception, ThreadInterrupted)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert seen == []
+
+
+async def test_a_thread_body_raising_stop_iteration_is_reported_as_such(worker: AsyncTaskWorker) -> None:
+    def body() -> None:
+        raise StopIteration("exhausted")
+
+    tid = await worker.add_task(body)
+    with pytest.raises(RuntimeError, match="failed with StopIteration: exhausted") as caught:
+        await worker.wait(tid)  # a StopIteration cannot leave a coroutine as it is
+    assert isinstance(caught.value.__cause__, StopIteration)
+    info = worker.get_task_info(tid)
+    assert info is not None and info.error == "StopIteration: exhausted"
+    assert isinstance(info.exception, StopIteration)
+
+
+async def test_a_result_whose_repr_raises_completes_and_reaches_every_subscriber(
+    worker: AsyncTaskWorker,
+) -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise SystemExit("repr() exits")
+
+        __str__ = __repr__
+
+    hostile = Hostile()
+    shown: list[str] = []
+
+    def view(event: object) -> None:  # a view that renders results
+        info = getattr(event, "info", None)
+        if info is not None and info.status == "completed":
+            shown.append(repr(info.result))
+
+    worker.subscribe(view)
+    worker.subscribe(lambda event: shown.append("after"))
+
+    async def body() -> Hostile:
+        return hostile
+
+    tid = await worker.add_task(body)
+    assert await worker.wait(tid) is hostile
+    info = worker.get_task_info(tid)
+    assert info is not None and info.status == "completed" and "completed" in repr(info)
+    assert worker.stats().counts[TaskStatus.COMPLETED] == 1
+    assert shown.count("after") == 3  # added, started, finished: the raising view stopped nothing
+
+
+
+async def test_idle_body_threads_exit_at_stop_and_busy_ones_when_their_body_returns() -> None:
+    gates = {"idle": threading.Event(), "busy": threading.Event()}
+    started = threading.Barrier(3)
+
+    threads: dict[str, threading.Thread] = {}
+
+    def body(which: str) -> threading.Thread:
+        threads[which] = threading.current_thread()
+        started.wait(10)
+        gates[which].wait()  # a C call: stop() cannot interrupt it
+        return threading.current_thread()
+
+    w = AsyncTaskWorker(max_workers=2, cancel_grace=0.05)
+    await w.start()
+    try:
+        first = await w.add_task(body, "idle")
+        await w.add_task(body, "busy")
+        await asyncio.to_thread(started.wait, 10)
+        gates["idle"].set()
+        idle = await w.wait(first)
+        busy = [threads["busy"]]
+        assert idle is threads["idle"] and busy[0] is not idle
+        await w.stop(timeout=0.01)
+        await asyncio.to_thread(idle.join, 10)
+        assert not idle.is_alive() and busy[0].is_alive()
+        gates["busy"].set()
+        await asyncio.to_thread(busy[0].join, 10)
+        assert not busy[0].is_alive() and w.stats().busy == 0
+    finally:
+        for gate in gates.values():
+            gate.set()
+        await w.stop()
+
+
+async def test_a_bound_method_or_partial_task_does_not_keep_its_object_alive(worker: AsyncTaskWorker) -> None:
+    import functools
+    import weakref
+
+    class Holder:
+        async def run(self) -> int:
+            return 1
+
+    async def ignore(_: object) -> None:
+        return None
+
+    holder = Holder()
+    ref = weakref.ref(holder)
+    assert await worker.wait(await worker.add_task(holder.run)) == 1
+    assert await worker.wait(await worker.add_task(functools.partial(ignore, holder))) is None
+    del holder
+    gc.collect()
+    assert ref() is None  # the per-function cache held it until 4096 other functions came by
