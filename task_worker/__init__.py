@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._events import EventKind, TaskEvent
 from ._executors import TaskExecutor
 from ._info import TaskInfo
+from ._interrupt import ThreadInterrupted
 from ._progress import current_task_id, report_progress
 from ._registry import (
     clear_registry,
@@ -22,7 +23,6 @@ from ._registry import (
 )
 from ._session import get_worker, set_worker, wait
 from ._status import TaskStatus
-from ._threads import ThreadInterrupted
 from ._worker import AsyncTaskWorker, WorkerStats
 
 if TYPE_CHECKING:

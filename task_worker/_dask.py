@@ -72,9 +72,9 @@ from distributed.core import collect_causes
 from distributed.protocol import pickle as dask_pickle
 from distributed.protocol.serialize import dask_deserialize, dask_serialize, deserialize, serialize
 
-from ._progress import check_fraction, current_record
+from ._interrupt import INJECT_AFTER, ThreadInterrupted, clear_in_thread, raise_in_thread
+from ._progress import check_fraction, current_sink
 from ._record import WANTS_PROGRESS
-from ._threads import INJECT_AFTER, ThreadInterrupted, _clear_async_exc, _set_async_exc
 from ._worker import _flags_for
 
 logger = logging.getLogger("task_worker")
@@ -228,8 +228,8 @@ class DaskExecutor:
             raise RuntimeError(f"the distributed.Client is {client.status}; it cannot run tasks")
         if self._plugin is not True:
             await self._register_plugin(client)
-        rec = current_record.get()
-        task_id = rec.id if rec is not None else None
+        sink = current_sink.get()
+        task_id = sink.id if sink is not None else None
         given = kwargs.get("progress_callback", _WANTS_PROGRESS)
         if given is _WANTS_PROGRESS or _is_worker_progress_callback(given):
             # The function may declare ``progress_callback``: give it a remote one.
@@ -559,7 +559,7 @@ _WANTS_PROGRESS = _WantsProgress()
 class _RemoteReporter:
     """Stands in for the task's record on a Dask worker, and stops its body there.
 
-    ``report_progress`` calls ``current_record.get().owner._report(rec, x)``;
+    A ``ProgressSink``: ``report_progress`` calls ``report(x)``;
     ``current_task_id`` reads ``.id``. Sends are rate-limited to one per
     ``PROGRESS_INTERVAL`` with a trailing send of the latest value.
 
@@ -584,12 +584,10 @@ class _RemoteReporter:
         "_value",
         "_worker",
         "id",
-        "owner",
     )
 
     def __init__(self, task_id: str | None, worker: Any, key: str, topic: str) -> None:
         self.id = task_id
-        self.owner = self
         self._worker = worker
         self._key = key
         self._topic = topic
@@ -609,6 +607,11 @@ class _RemoteReporter:
         """Whether the body was stopped by a cancel (interrupted, or the key is no longer wanted)."""
         return self._interrupted or self.cancelled()
 
+    @property
+    def stop_requested(self) -> bool:
+        """``ProgressSink.stop_requested``: the body was told to stop."""
+        return self.stopped()
+
     def cancelled(self) -> bool:
         """Whether the Dask worker no longer wants this key (cancelled, released)."""
         try:
@@ -617,7 +620,8 @@ class _RemoteReporter:
             return False
         return ts is None or ts.state not in _ALIVE_STATES
 
-    def _report(self, rec: object, fraction: float) -> None:
+    def report(self, fraction: float) -> None:
+        """``ProgressSink.report``: rate-limited send to the kernel (any thread)."""
         if self.cancelled():
             raise asyncio.CancelledError(f"task {self.id!r} was cancelled")
         now = time.monotonic()
@@ -637,7 +641,7 @@ class _RemoteReporter:
 
     def progress_callback(self, fraction: float) -> None:
         """The ``progress_callback`` argument given to functions that declare one."""
-        self._report(self, check_fraction(fraction))
+        self.report(check_fraction(fraction))
 
     def _flush(self) -> None:  # on the Dask worker's loop
         with self._lock:
@@ -675,7 +679,7 @@ class _RemoteReporter:
         with self._ilock:
             if self._ident:
                 self._ident = 0
-                _clear_async_exc(threading.get_ident(), None)
+                clear_in_thread(threading.get_ident())
             self._task = None
 
     def run_async(self, awaitable: Awaitable[Any]) -> Any:
@@ -723,7 +727,7 @@ class _RemoteReporter:
                 loop, task = self._task
                 loop.call_soon_threadsafe(task.cancel)
             else:
-                _set_async_exc(self._ident, ThreadInterrupted)
+                raise_in_thread(self._ident)
 
 
 # Bodies running in this (Dask worker) process, by key: what _CancelPlugin stops.
@@ -781,7 +785,7 @@ def _remote_call(
 
 def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, ...],
           kwargs: dict[str, Any]) -> Any:
-    current_record.set(reporter)  # type: ignore[arg-type]
+    current_sink.set(reporter)
     if kwargs.get("progress_callback") is _WANTS_PROGRESS:
         kwargs = {**kwargs, "progress_callback": reporter.progress_callback}
     result = func(*args, **kwargs)

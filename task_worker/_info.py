@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
 from ._status import TaskStatus
@@ -110,6 +111,13 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
     def metadata(self) -> Mapping[str, Any]:
         """Read-only view of the metadata given to ``add_task``."""
         return self[9]  # type: ignore[no-any-return]
+
+    # The raw values behind the datetimes, and the creation order: C-level
+    # getters, as cheap as indexing, for views and the worker's own hot paths.
+    created_ts = property(itemgetter(10), doc="When ``add_task`` accepted the task (epoch seconds).")
+    started_ts = property(itemgetter(11), doc="When it started running (epoch seconds), or ``None``.")
+    completed_ts = property(itemgetter(12), doc="When it finished (epoch seconds), or ``None``.")
+    seq = property(itemgetter(13), doc="Creation order within its worker (increasing).")
 
     @property
     def created_at(self) -> datetime:

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO, TypeVar
 
-from ._progress import current_record
+from ._progress import current_sink
 
 T = TypeVar("T")
 
@@ -585,7 +585,7 @@ def guard_input(shell: Any) -> Callable[[], None]:
     def wrap(func: Callable[..., Any], what: str) -> Callable[..., Any]:
         @functools.wraps(func)
         def refuse_in_task(*args: Any, **kwargs: Any) -> Any:
-            if active and current_record.get() is not None:
+            if active and current_sink.get() is not None:
                 raise TaskInputError(INPUT_REFUSED.format(what=what))
             return func(*args, **kwargs)
 

@@ -1,16 +1,43 @@
-"""Progress reporting from inside a task: ``report_progress`` and its ContextVar."""
+"""Progress reporting from inside a task: ``report_progress`` and the current task's sink.
+
+Whoever runs a task body sets ``current_sink`` in the body's context: the local
+worker sets the task's record, the Dask executor's remote runner sets a reporter
+that sends the value back to the kernel. Code the body runs (``report_progress``,
+tqdm bars, output routing) only ever talks to that ``ProgressSink``.
+"""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._record import TaskRecord
 
-# Set by the worker in each task's own context; copied into threads the task
-# starts through ``asyncio.to_thread`` (which copies the context).
-current_record: ContextVar[TaskRecord | None] = ContextVar("task_worker_current", default=None)
+class ProgressSink(Protocol):
+    """Where the progress of the task whose code is running goes."""
+
+    @property
+    def id(self) -> str | None:
+        """The task's id (``None`` where the runner does not know it)."""
+        ...
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the task was asked to stop (cancelled, timed out, worker stopping)."""
+        ...
+
+    def report(self, fraction: float) -> None:
+        """Record ``fraction`` (already checked and clamped to [0, 1]); any thread.
+
+        Raises:
+            asyncio.CancelledError: the task was cancelled (or timed out); the
+                body should let it propagate and stop.
+        """
+        ...
+
+
+# Set in each task body's own context; copied into threads the task starts
+# through ``asyncio.to_thread`` (which copies the context).
+current_sink: ContextVar[ProgressSink | None] = ContextVar("task_worker_current", default=None)
 
 
 def check_fraction(fraction: Any) -> float:
@@ -46,16 +73,16 @@ def report_progress(fraction: float) -> None:
             propagate so the task stops.
         RuntimeError: called outside a task.
     """
-    rec = current_record.get()
-    if rec is None:
+    sink = current_sink.get()
+    if sink is None:
         raise RuntimeError("report_progress() was called outside a task_worker task")
-    rec.owner._report(rec, check_fraction(fraction))
+    sink.report(check_fraction(fraction))
 
 
 def current_task_id() -> str | None:
     """The id of the task whose code is running, or ``None`` outside a task."""
-    rec = current_record.get()
-    return None if rec is None else rec.id
+    sink = current_sink.get()
+    return None if sink is None else sink.id
 
 
-__all__ = ["report_progress", "current_task_id", "check_fraction", "current_record"]
+__all__ = ["ProgressSink", "check_fraction", "current_sink", "current_task_id", "report_progress"]

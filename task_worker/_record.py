@@ -90,6 +90,15 @@ class TaskRecord:
         #: The final snapshot, once finished.
         self.info: TaskInfo | None = None
 
+    @property
+    def stop_requested(self) -> bool:
+        """``ProgressSink.stop_requested``: a cancel, timeout or stop was asked for."""
+        return self.cancel_reason is not None
+
+    def report(self, fraction: float) -> None:
+        """``ProgressSink.report``: record progress (any thread)."""
+        self.owner._report(self, fraction)
+
     def snapshot(self) -> TaskInfo:
         """A ``TaskInfo`` of the current state."""
         if self.info is not None:

@@ -12,31 +12,13 @@ bare ``except:`` in user code can swallow it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import queue
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-_PROTO_SET = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)
-_PROTO_CLEAR = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
-_set_async_exc = _PROTO_SET(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
-# Same C function with a NULL exception: clears a pending one.
-_clear_async_exc = _PROTO_CLEAR(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
-
-
-#: Seconds a cancelled body gets to stop cooperatively before the interruption
-#: is injected (well inside the 100 ms promised for pure-Python loops).
-INJECT_AFTER = 0.05
-
-
-class ThreadInterrupted(BaseException):
-    """Raised inside a task's worker thread when the task is cancelled or times out.
-
-    A ``BaseException`` (like ``CancelledError``) so that ``except Exception``
-    in task code does not swallow it.
-    """
+from ._interrupt import ThreadInterrupted, clear_in_thread, raise_in_thread
 
 
 class AbandonedThreads:
@@ -99,7 +81,7 @@ class ThreadRun:
                 # receive it. Clear a pending one under the lock the injector holds.
                 with self._lock:
                     self._ident = 0
-                    _clear_async_exc(threading.get_ident(), None)
+                    clear_in_thread(threading.get_ident())
         except BaseException as exc:
             outcome = (False, exc)
         with self._lock:
@@ -140,7 +122,7 @@ class ThreadRun:
         with self._lock:
             if self._ident and not self._injected:
                 self._injected = True
-                _set_async_exc(self._ident, ThreadInterrupted)
+                raise_in_thread(self._ident)
 
 
 def _resolve(fut: asyncio.Future[tuple[bool, Any]], outcome: tuple[bool, Any]) -> None:

@@ -26,8 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm as _auto_tqdm
 
-from ._progress import check_fraction, current_record
-from ._record import TaskRecord
+from ._progress import ProgressSink, check_fraction, current_sink
 
 #: The bar driving the task whose context this is (weakly: a dropped bar frees the place).
 _driver: ContextVar[weakref.ref[Any] | None] = ContextVar("task_worker_tqdm_driver", default=None)
@@ -42,7 +41,7 @@ def attach(bar: Any) -> bool:
     Returns:
         True if ``bar`` drives the task's progress.
     """
-    rec = current_record.get()
+    rec = current_sink.get()
     if rec is None or getattr(bar, "disable", True) or not getattr(bar, "total", None):
         return False
     if bar.__dict__.get(_RECORD_ATTR) is not None:
@@ -56,7 +55,7 @@ def attach(bar: Any) -> bool:
     return True
 
 
-def _drive(bar: Any, rec: TaskRecord) -> None:
+def _drive(bar: Any, rec: ProgressSink) -> None:
     # Closures over a weak reference: no cycle through the bar's own __dict__.
     ref = weakref.ref(bar)
     cls = type(bar)
@@ -65,7 +64,7 @@ def _drive(bar: Any, rec: TaskRecord) -> None:
         b = ref()
         assert b is not None
         displayed: bool | None = cls.update(b, n)
-        if displayed or rec.cancel_reason is not None or b.n >= (b.total or float("inf")):
+        if displayed or rec.stop_requested or b.n >= (b.total or float("inf")):
             _report(b, rec)
         return displayed
 
@@ -83,18 +82,18 @@ def _drive(bar: Any, rec: TaskRecord) -> None:
         cls.close(b)
         # Not after a cancel: close runs in finally blocks and __del__, and the
         # cancellation is already on its way.
-        if was_open and rec.cancel_reason is None:
+        if was_open and not rec.stop_requested:
             _report(b, rec)
 
     setattr(bar, _RECORD_ATTR, rec)
     bar.update, bar.reset, bar.close = update, reset, close
 
 
-def _report(bar: Any, rec: TaskRecord) -> None:
+def _report(bar: Any, rec: ProgressSink) -> None:
     total = bar.total
     if total:
         # The task the bar was made in, whichever thread or context updates it.
-        rec.owner._report(rec, check_fraction(bar.n / total))
+        rec.report(check_fraction(bar.n / total))
 
 
 _installs = 0
@@ -115,7 +114,7 @@ def drive_task_progress() -> Callable[[], None]:
 
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
-            if current_record.get() is not None:
+            if current_sink.get() is not None:
                 attach(self)
 
         __init__.__wrapped__ = original  # type: ignore[attr-defined]

@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
 from ._info import TaskInfo
-from ._progress import current_record
+from ._interrupt import INJECT_AFTER
+from ._progress import current_sink
 from ._record import (
     CANCEL,
     IS_ASYNC,
@@ -47,7 +48,7 @@ from ._record import (
 from ._registry import _names as _registered_names
 from ._registry import resolve
 from ._status import TaskStatus
-from ._threads import INJECT_AFTER, AbandonedThreads, BodyThreads, ThreadRun
+from ._threads import AbandonedThreads, BodyThreads, ThreadRun
 
 logger = logging.getLogger("task_worker")
 
@@ -564,7 +565,7 @@ class AsyncTaskWorker:
             if rec.cancel_reason is not None:  # cancelled before its first step
                 self._finish_stopped(rec)
                 return
-            current_record.set(rec)
+            current_sink.set(rec)
             func = rec.func
             assert func is not None
             args, kwargs = rec.args, rec.kwargs
