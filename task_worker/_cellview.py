@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import traceback as _tb
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -181,6 +181,10 @@ class CellViews:
 
     def __len__(self) -> int:
         return len(self._views)
+
+    def __iter__(self) -> Iterator[TaskCellView]:
+        """The open views, oldest first."""
+        return iter(list(self._views.values()))
 
     def get(self, worker: AsyncTaskWorker, task_id: str) -> TaskCellView | None:
         """The view of ``task_id``, if it has one."""
