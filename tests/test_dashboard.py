@@ -165,6 +165,22 @@ async def until(worker: AsyncTaskWorker, task_id: str, status: TaskStatus) -> No
         unsubscribe()
 
 
+def progress_delivered(worker: AsyncTaskWorker, task_id: str, value: float) -> asyncio.Future[None]:
+    """A future set (on worker events) once a progress event of ``task_id`` carrying ``value``
+    has been delivered; every subscriber that subscribed earlier has had it by then."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_event(event: TaskEvent) -> None:
+        info = event.info
+        if (event.kind is EventKind.PROGRESS and info is not None and info.id == task_id
+                and info.progress == value and not fut.done()):
+            fut.set_result(None)
+
+    unsubscribe = worker.subscribe(on_event, task_id=task_id)
+    fut.add_done_callback(lambda _: unsubscribe())
+    return fut
+
+
 async def blocker(gate: asyncio.Event) -> str:
     await gate.wait()
     return "done"
@@ -267,23 +283,22 @@ async def test_progress_below_display_resolution_is_not_resent(
     async def creep() -> None:
         report_progress(0.5)
         await step.wait()
-        step.clear()
         report_progress(0.50004)  # 50.004 % rounds to 50.0 %
-        await step.wait()
+        await release.wait()
 
-    task_id = await worker.add_task(creep)
-    await until(worker, task_id, TaskStatus.RUNNING)
+    first = progress_delivered(worker, "creep", 0.5)
+    task_id = await worker.add_task(creep, task_id="creep")
+    await asyncio.wait_for(first, 5)
     dash = make_dashboard(worker, clock)
-    await asyncio.sleep(0)
-    clock.advance(1)
+    dash.flush()  # from now on the row is only patched
     take(dash)
+    assert dash.rows[0]["progress"] == 50.0
+    # Subscribed after the dashboard: once this sees the event, the dashboard has seen it.
+    second = progress_delivered(worker, task_id, 0.50004)
     step.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert worker.get_task_info(task_id).progress == pytest.approx(0.50004)  # type: ignore[union-attr]
+    await asyncio.wait_for(second, 5)
     clock.advance(1)
     assert take(dash) == []
-    step.set()
     release.set()
     await worker.join()
     dash.close()
@@ -427,7 +442,8 @@ async def test_max_rows_caps_rows_and_counts_the_rest(worker: AsyncTaskWorker, c
     for i in range(30):
         await worker.add_task(blocker, gate, task_id=f"t{i:02d}", priority=-i)
     dash = make_dashboard(worker, clock, max_rows=10)
-    await asyncio.sleep(0)
+    for i in (29, 28, 27, 26):
+        await until(worker, f"t{i}", TaskStatus.RUNNING)
     clock.advance(1)
     rows = dash.rows
     assert len(rows) == 10
