@@ -1,4 +1,5 @@
-"""``TaskDashboard``: a live view of a worker's tasks, as one anywidget model.
+"""``TaskDashboard``: a live view of a worker's tasks, as one anywidget model (this module
+imports anywidget; which rows to show, each row's JSON and the text table are in ``_table``).
 
 The kernel side (this module) listens to the worker's events, decides which
 rows are shown and sends only what changed, at most once per ``interval``
