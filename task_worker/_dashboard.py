@@ -1,4 +1,5 @@
-"""``TaskDashboard``: a live view of a worker's tasks, as one anywidget model.
+"""``TaskDashboard``: a live view of a worker's tasks, as one anywidget model (this module
+imports anywidget; which rows to show, each row's JSON and the text table are in ``_table``).
 
 The kernel side (this module) listens to the worker's events, decides which
 rows are shown and sends only what changed, at most once per ``interval``
@@ -46,33 +47,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
-import re
-import sys
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+import anywidget
+import traitlets as t
 
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
 from ._status import TaskStatus
+from ._table import (
+    TERMINAL_VALUES,
+    check_filter,
+    epoch_ms,
+    make_row,
+    only_progress_differs,
+    progress_percent,
+    row_order,
+    select_rows,
+    text_table,
+    worker_text,
+)
 from ._worker import AsyncTaskWorker
 
 logger = logging.getLogger("task_worker")
 
 _STATIC = pathlib.Path(__file__).parent / "static"
 
-#: Longest error / traceback / metadata text sent to the browser, in characters.
-_MAX_ERROR = 2_000
-_MAX_TRACEBACK = 20_000
-_MAX_META = 300
-_STATUS_VALUES = tuple(s.value for s in TaskStatus)
-_TERMINAL_VALUES = tuple(s.value for s in TaskStatus if s.done)
 #: The synced traits the browser may set; everything else it sends is ignored.
 _FRONTEND_TRAITS = frozenset({"status_filter"})
 _PROGRESS = EventKind.PROGRESS
-_WORKER = EventKind.WORKER
 _FINISHED = EventKind.FINISHED
 _REMOVED = EventKind.REMOVED
 
@@ -84,615 +91,402 @@ class _Handle(Protocol):
 CallLater = Callable[[float, Callable[..., object], Any], _Handle]
 
 
-# ---------------------------------------------------------------- plain text
-def _fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}:{sec:02d}"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{sec:02d}"
+class _FilterError(t.TraitError, ValueError):
+    """An invalid ``status_filter`` (a ``ValueError`` that traitlets rolls back)."""
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def text_table(infos: Iterable[TaskInfo], *, max_rows: int | None = None) -> str:
-    """A plain-text table of tasks (id, name, status, priority, progress, elapsed, error).
-
-    Used by ``%task list`` and as the ``text/plain`` fallback of the dashboard.
-    Shows at most ``max_rows`` rows (all when ``None``) and says how many more there were.
-    """
-    header = ("ID", "NAME", "STATUS", "PRIO", "PROGRESS", "ELAPSED", "ERROR")
-    rows: list[tuple[str, ...]] = []
-    more = 0
-    for info in infos:
-        if max_rows is not None and len(rows) >= max_rows:
-            more += 1
-            continue
-        shown = _shown_error(info)
-        error = shown.splitlines()[0] if shown else ""
-        rows.append((
-            _clip(info.id, 24), _clip(info.name, 30), info.status.value, str(info.priority),
-            f"{info.progress * 100:5.1f}%", _fmt_seconds(info.elapsed), _clip(error, 60),
-        ))
-    if not rows:
-        return "(no tasks)"
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in (header, *rows)]
-    if more:
-        lines.append(f"... {more} more")
-    return "\n".join(lines)
-
-
-def _worker_summary(worker: AsyncTaskWorker) -> str:
-    s = worker.stats()
-    counts = ", ".join(f"{k.value} {v}" for k, v in s.counts.items() if v) or "no tasks"
-    state = "running" if s.running else "stopped"
-    return f"AsyncTaskWorker ({state}, {s.busy}/{s.max_workers} busy): {counts}"
-
-
-def _worker_text(worker: AsyncTaskWorker, max_rows: int = 20) -> str:
-    infos = _select_rows(worker, "", max_rows)
-    s = worker.stats()
-    table = text_table(infos)
-    hidden = s.total - len(infos)
-    tail = f"\n... {hidden} more" if hidden > 0 else ""
-    return f"{_worker_summary(worker)}\n{table}{tail}"
-
-
-# ----------------------------------------------------------------- row logic
-def _select_rows(
-    worker: AsyncTaskWorker, status_filter: str, max_rows: int,
-    finished: Iterable[TaskInfo] | None = None,
-) -> list[TaskInfo]:
-    """Running first (in start order), then pending (in start order), then ``finished``
-    (most recent first; queried when ``None``), restricted to ``status_filter`` and
-    capped to ``max_rows``. Costs O(rows) plus the worker's ``get_queue(limit)``."""
-    out: list[TaskInfo] = []
-    if status_filter in ("", "running"):
-        out.extend(worker.get_running()[:max_rows])
-    budget = max_rows - len(out)
-    if budget > 0 and status_filter in ("", "pending"):
-        out.extend(worker.get_queue(budget))
-    budget = max_rows - len(out)
-    if budget > 0 and status_filter in ("", *_TERMINAL_VALUES):
-        if finished is None:
-            statuses = _TERMINAL_VALUES if not status_filter else (status_filter,)
-            finished = worker.get_all_tasks(status=statuses, limit=budget)
-        for info in finished:
-            if budget <= 0:
-                break
-            out.append(info)
-            budget -= 1
-    return out
-
-
-def _meta_text(metadata: Mapping[str, Any]) -> str:
-    if not metadata:
-        return ""
-    parts = []
-    for key, value in metadata.items():
-        try:
-            shown = value if isinstance(value, str) else repr(value)
-        except BaseException:  # a broken __repr__ (whatever it raises) must not break the dashboard
-            shown = f"<{type(value).__name__}>"
-        parts.append(f"{key}={_clip(shown, 80)}")
-    return _clip(", ".join(parts), _MAX_META)
-
-
-#: A frame line of a formatted traceback (also inside an exception group's ``|`` margin).
-_FRAME_LINE = re.compile(
-    r'^(?P<lead>[ |]*)File "(?P<file>[^"\n]+)", line (?P<line>\d+)(?:, in (?P<func>[^\n]*))?$',
-    re.MULTILINE)
-
-
-def _name_cells(text: str) -> str:
-    """``text`` (a formatted traceback) with notebook cells named as IPython names them.
-
-    Code run from a cell (a ``%%task`` body, a function defined in a cell) is
-    compiled under a temporary file name (``.../ipykernel_<pid>/<hash>.py``);
-    IPython's own tracebacks show it as ``Cell In[N], line L``, through its
-    compiler's ``format_code_name``. The same mapping here makes a row's traceback
-    name the cell as the output area does. Without an IPython shell, or for files
-    that are no cell, the text is unchanged.
-    """
-    ipython = sys.modules.get("IPython")  # never imported here: only used when already loaded
-    shell = ipython.get_ipython() if ipython is not None else None
-    format_code_name = getattr(getattr(shell, "compile", None), "format_code_name", None)
-    if format_code_name is None or 'File "' not in text:
-        return text
-
-    def rename(match: re.Match[str]) -> str:
-        try:
-            named = format_code_name(match["file"])
-        except Exception:  # a custom compiler: keep the file name
-            named = None
-        if not named:
-            return match[0]
-        label, name = named
-        where = f"{match['lead']}{label} {name}, line {match['line']}"
-        func = match["func"]
-        return where if func is None or func == "<module>" else f"{where}, in {func}"
-
-    return _FRAME_LINE.sub(rename, text)
-
-
-def _shown_error(info: TaskInfo) -> str | None:
-    """The task's error message, unless it only repeats its status (a plain cancel says
-    "cancelled", which the status already shows)."""
-    error: str | None = info[6]
-    if error and error.strip().lower() == info[2].value:
-        return None
-    return error
-
-
-def _ms(ts: float | None) -> int | None:
-    return None if ts is None else int(ts * 1000)
-
-
-def make_row(info: TaskInfo) -> dict[str, Any]:
-    """The JSON row the browser renders for one task (percent rounded to 0.1)."""
-    status = info[2]
-    row: dict[str, Any] = {
-        "id": info[0],
-        "name": info[1],
-        "status": status.value,
-        "priority": info[3],
-        "progress": round(info[4] * 1000) / 10,
-        "seq": info[13],
-        "created": _ms(info[10]),
-        "started": _ms(info[11]),
-        "completed": _ms(info[12]),
-    }
-    meta = _meta_text(info[9])
-    if meta:
-        row["meta"] = meta
-    error = _shown_error(info)
-    if error:
-        row["error"] = _clip(error, _MAX_ERROR)
-    if info[8] and status is TaskStatus.FAILED:
-        row["traceback"] = _clip(_name_cells(info[8]), _MAX_TRACEBACK)
-    return row
-
-
-def _only_progress_differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    if old.keys() != new.keys():
-        return False
-    return all(old[k] == new[k] for k in new if k != "progress")
-
-
-# ---------------------------------------------------------------- the widget
-def _flush_ref(ref: weakref.ReferenceType[Any]) -> None:
+def _flush_ref(ref: weakref.ReferenceType[TaskDashboard]) -> None:
     # Timers hold the dashboard weakly: a pending flush must not keep it alive.
     dash = ref()
     if dash is not None:
         dash._timer_fired()
 
 
-def _build_widget_class() -> type[Any]:
-    import anywidget
-    import traitlets as t
+class TaskDashboard(anywidget.AnyWidget):
+    """A live table of a worker's tasks, with a Cancel button per task.
 
-    class _FilterError(t.TraitError, ValueError):
-        """An invalid ``status_filter`` (a ``ValueError`` that traitlets rolls back)."""
+    Args:
+        worker: The ``AsyncTaskWorker`` to show.
+        task_id: Show only this task, compactly (single-task mode, used by
+            ``%%task`` cells): no header, no controls.
+        max_rows: Rows shown at most; the rest are counted in an "N more" line.
+        status_filter: Show only tasks with this status (``""``: all).
+            Settable, also from the browser's filter menu.
+        interval: Shortest time in seconds between two updates sent to the browser.
 
-    class TaskDashboard(anywidget.AnyWidget):
-        """A live table of a worker's tasks, with a Cancel button per task.
+    Rows: running tasks first, then pending ones in the order they will
+    start, then the most recently finished. Updates are coalesced: at most
+    one message per ``interval`` whatever the task rate, carrying only the
+    rows that changed. ``close()`` unsubscribes from the worker; a
+    dashboard that is garbage collected unsubscribes too (the worker only
+    holds it weakly).
+    """
 
-        Args:
-            worker: The ``AsyncTaskWorker`` to show.
-            task_id: Show only this task, compactly (single-task mode, used by
-                ``%%task`` cells): no header, no controls.
-            max_rows: Rows shown at most; the rest are counted in an "N more" line.
-            status_filter: Show only tasks with this status (``""``: all).
-                Settable, also from the browser's filter menu.
-            interval: Shortest time in seconds between two updates sent to the browser.
+    # The package files' text, not their paths: for a path anywidget 0.11
+    # connects a lambda holding the widget to a class-level file watcher
+    # signal, so no instance could ever be garbage collected.
+    _esm = (_STATIC / "dashboard.js").read_text(encoding="utf-8")
+    _css = (_STATIC / "dashboard.css").read_text(encoding="utf-8")
 
-        Rows: running tasks first, then pending ones in the order they will
-        start, then the most recently finished. Updates are coalesced: at most
-        one message per ``interval`` whatever the task rate, carrying only the
-        rows that changed. ``close()`` unsubscribes from the worker; a
-        dashboard that is garbage collected unsubscribes too (the worker only
-        holds it weakly).
-        """
+    task_id = t.Unicode("").tag(sync=True)
+    status_filter = t.Unicode("").tag(sync=True)
+    #: A short line of text shown under the table (the %%task view sets it when starved).
+    note = t.Unicode("").tag(sync=True)
+    # Full state for a new front end (comm_open / request_state). Mutated in
+    # place on every flush so that it is current without being re-sent.
+    _rows = t.Dict().tag(sync=True)
+    _header = t.Dict().tag(sync=True)
 
-        # The package files' text, not their paths: for a path anywidget 0.11
-        # connects a lambda holding the widget to a class-level file watcher
-        # signal, so no instance could ever be garbage collected.
-        _esm = (_STATIC / "dashboard.js").read_text(encoding="utf-8")
-        _css = (_STATIC / "dashboard.css").read_text(encoding="utf-8")
+    def __init__(
+        self,
+        worker: AsyncTaskWorker,
+        *,
+        task_id: str | None = None,
+        max_rows: int = 200,
+        status_filter: str = "",
+        interval: float = 0.1,
+        _clock: Callable[[], float] | None = None,
+        _call_later: CallLater | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(worker, AsyncTaskWorker):
+            raise TypeError(f"TaskDashboard needs an AsyncTaskWorker, got {worker!r}")
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+                0 <= interval <= 60):
+            raise ValueError(f"interval must be a number of seconds in [0, 60], got {interval!r}")
+        if task_id is not None:
+            if not isinstance(task_id, str) or not task_id:
+                raise TypeError(f"task_id must be a non-empty str or None, got {task_id!r}")
+            if task_id not in worker:
+                raise KeyError(f"no task with id {task_id!r}")
+        status_filter = check_filter(status_filter)
+        self._worker = worker
+        self._single = task_id
+        self._max_rows = max_rows
+        self._interval = float(interval)
+        self._clock = _clock or time.monotonic
+        self._call_later_hook = _call_later
+        self._closed = False
+        self._ready = False  # trait observers fire during super().__init__
+        self._handle: _Handle | None = None
+        self._last_flush = -float("inf")
+        self._seq = 0
+        self._dirty: dict[str, TaskInfo] = {}
+        self._membership_dirty = False
+        self._recent: OrderedDict[str, TaskInfo] = OrderedDict()
+        self._selecting_filter = status_filter
+        self._fill_recent(status_filter)
+        infos = self._select(status_filter)
+        rows = {info.id: make_row(info) for info in infos}
+        header = self._make_header(len(rows), status_filter)
+        super().__init__(
+            task_id=task_id or "", status_filter=status_filter, _rows=rows, _header=header,
+            **kwargs)
+        self._rows_state: dict[str, dict[str, Any]] = self._rows
+        self._header_state: dict[str, Any] = self._header
+        self.on_msg(self._on_frontend_msg)
+        self._unsubscribe = _subscribe_weakly(self, worker)
+        self._ready = True
 
-        task_id = t.Unicode("").tag(sync=True)
-        status_filter = t.Unicode("").tag(sync=True)
-        #: A short line of text shown under the table (the %%task view sets it when starved).
-        note = t.Unicode("").tag(sync=True)
-        # Full state for a new front end (comm_open / request_state). Mutated in
-        # place on every flush so that it is current without being re-sent.
-        _rows = t.Dict().tag(sync=True)
-        _header = t.Dict().tag(sync=True)
+    # ------------------------------------------------------------ queries
+    @property
+    def worker(self) -> AsyncTaskWorker:
+        """The worker shown."""
+        return self._worker
 
-        def __init__(
-            self,
-            worker: AsyncTaskWorker,
-            *,
-            task_id: str | None = None,
-            max_rows: int = 200,
-            status_filter: str = "",
-            interval: float = 0.1,
-            _clock: Callable[[], float] | None = None,
-            _call_later: CallLater | None = None,
-            **kwargs: Any,
-        ) -> None:
-            if not isinstance(worker, AsyncTaskWorker):
-                raise TypeError(f"TaskDashboard needs an AsyncTaskWorker, got {worker!r}")
-            if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-                raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
-            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
-                    0 <= interval <= 60):
-                raise ValueError(f"interval must be a number of seconds in [0, 60], got {interval!r}")
-            if task_id is not None:
-                if not isinstance(task_id, str) or not task_id:
-                    raise TypeError(f"task_id must be a non-empty str or None, got {task_id!r}")
-                if task_id not in worker:
-                    raise KeyError(f"no task with id {task_id!r}")
-            status_filter = _check_filter(status_filter)
-            self._worker = worker
-            self._single = task_id
-            self._max_rows = max_rows
-            self._interval = float(interval)
-            self._clock = _clock or time.monotonic
-            self._call_later_hook = _call_later
-            self._closed = False
-            self._ready = False  # trait observers fire during super().__init__
-            self._handle: _Handle | None = None
-            self._last_flush = -float("inf")
-            self._seq = 0
-            self._dirty: dict[str, TaskInfo] = {}
-            self._membership_dirty = False
-            self._recent: OrderedDict[str, TaskInfo] = OrderedDict()
-            self._selecting_filter = status_filter
-            self._fill_recent(status_filter)
-            infos = self._select(status_filter)
-            rows = {info[0]: make_row(info) for info in infos}
-            header = self._make_header(len(rows), status_filter)
-            super().__init__(
-                task_id=task_id or "", status_filter=status_filter, _rows=rows, _header=header,
-                **kwargs)
-            self._rows_state: dict[str, dict[str, Any]] = self._rows
-            self._header_state: dict[str, Any] = self._header
-            self.on_msg(self._on_frontend_msg)
-            self._unsubscribe = _subscribe_weakly(self, worker)
-            self._ready = True
+    @property
+    def max_rows(self) -> int:
+        """Rows shown at most."""
+        return self._max_rows
 
-        # ------------------------------------------------------------ queries
-        @property
-        def worker(self) -> AsyncTaskWorker:
-            """The worker shown."""
-            return self._worker
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
 
-        @property
-        def max_rows(self) -> int:
-            """Rows shown at most."""
-            return self._max_rows
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows as the browser has them (after the last flush), in display order."""
+        return sorted(self._rows_state.values(), key=row_order)
 
-        @property
-        def closed(self) -> bool:
-            """True once ``close()`` was called."""
-            return self._closed
+    @property
+    def header(self) -> dict[str, Any]:
+        """Counts per status, busy / max workers, running, shown and hidden rows."""
+        return dict(self._header_state)
 
-        @property
-        def rows(self) -> list[dict[str, Any]]:
-            """The rows as the browser has them (after the last flush), in display order."""
-            return sorted(self._rows_state.values(), key=_row_order)
+    def __repr__(self) -> str:
+        what = f"task {self._single!r}" if self._single else f"{len(self._rows_state)} rows"
+        state = "closed" if self._closed else "live"
+        return f"<TaskDashboard {state} {what} of {self._worker!r}>"
 
-        @property
-        def header(self) -> dict[str, Any]:
-            """Counts per status, busy / max workers, running, shown and hidden rows."""
-            return dict(self._header_state)
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle
+        data["text/plain"] = self.text()
+        return data, metadata
 
-        def __repr__(self) -> str:
-            what = f"task {self._single!r}" if self._single else f"{len(self._rows_state)} rows"
-            state = "closed" if self._closed else "live"
-            return f"<TaskDashboard {state} {what} of {self._worker!r}>"
+    def text(self) -> str:
+        """The rows as a plain-text table (what a text-only front end shows)."""
+        if self._single:
+            info = self._worker.get_task_info(self._single)
+            return text_table([info] if info is not None else [])
+        return worker_text(self._worker, self._max_rows)
 
-        def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-            bundle = super()._repr_mimebundle_(**kwargs)
-            if bundle is None:
-                return None
-            data, metadata = bundle
-            data["text/plain"] = self.text()
-            return data, metadata
+    # ------------------------------------------------------------ actions
+    def cancel_all(self) -> int:
+        """Cancel every pending, then every running task (without waiting).
+        Returns how many were asked to cancel."""
+        worker = self._worker
+        n = 0
+        for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            for info in worker.get_all_tasks(status=status):
+                n += worker.cancel_task_nowait(info.id)
+        return n
 
-        def text(self) -> str:
-            """The rows as a plain-text table (what a text-only front end shows)."""
-            if self._single:
-                info = self._worker.get_task_info(self._single)
-                return text_table([info] if info is not None else [])
-            return _worker_text(self._worker, self._max_rows)
+    def clear_finished(self) -> int:
+        """Drop finished tasks from the worker's history; returns how many."""
+        return self._worker.clear()
 
-        # ------------------------------------------------------------ actions
-        def cancel_all(self) -> int:
-            """Cancel every pending, then every running task (without waiting).
-            Returns how many were asked to cancel."""
-            worker = self._worker
-            n = 0
-            for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-                for info in worker.get_all_tasks(status=status):
-                    n += worker.cancel_task_nowait(info.id)
-            return n
+    def flush(self) -> None:
+        """Send pending changes now instead of at the next tick."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._flush()
 
-        def clear_finished(self) -> int:
-            """Drop finished tasks from the worker's history; returns how many."""
-            return self._worker.clear()
-
-        def flush(self) -> None:
-            """Send pending changes now instead of at the next tick."""
+    def close(self) -> None:
+        """Stop listening to the worker, cancel the timer and close the widget."""
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            unsubscribe = getattr(self, "_unsubscribe", None)
+            if unsubscribe is not None:
+                unsubscribe()
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None
+            self._dirty.clear()
+        super().close()
+
+    # ------------------------------------------------------------- events
+    def _on_event(self, event: TaskEvent) -> None:
+        kind, info = event
+        if info is None:  # WORKER: header only
+            if not self._single:
+                self._schedule()
+            return
+        task_id = info.id
+        if self._single is not None:
+            if task_id != self._single:
+                return
+            if kind is not _REMOVED:  # a dropped task keeps its last row
+                self._schedule()
+            return
+        if kind is _PROGRESS:
+            if task_id in self._rows_state:
+                self._dirty[task_id] = info
+                self._schedule()
+            return
+        if kind is _FINISHED:
+            flt = self.status_filter
+            if not flt or flt == info.status.value:
+                recent = self._recent
+                recent[task_id] = info
+                if len(recent) > self._max_rows:
+                    recent.popitem(last=False)
+        elif kind is _REMOVED:
+            self._recent.pop(task_id, None)
+        self._membership_dirty = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._handle is not None or self._closed or not self._ready:
+            return
+        delay = max(0.0, self._last_flush + self._interval - self._clock())
+        hook = self._call_later_hook
+        if hook is not None:
+            self._handle = hook(delay, _flush_ref, weakref.ref(self))
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            # No loop (a reconfiguration from plain synchronous code): send now.
             self._flush()
+            return
+        self._handle = loop.call_later(delay, _flush_ref, weakref.ref(self))
 
-        def close(self) -> None:
-            """Stop listening to the worker, cancel the timer and close the widget."""
-            if not getattr(self, "_closed", True):
-                self._closed = True
-                unsubscribe = getattr(self, "_unsubscribe", None)
-                if unsubscribe is not None:
-                    unsubscribe()
-                if self._handle is not None:
-                    self._handle.cancel()
-                    self._handle = None
-                self._dirty.clear()
-            super().close()
+    def _timer_fired(self) -> None:
+        self._handle = None
+        self._flush()
 
-        # ------------------------------------------------------------- events
-        def _on_event(self, event: TaskEvent) -> None:
-            kind, info = event
-            if info is None:  # WORKER: header only
-                if not self._single:
-                    self._schedule()
-                return
-            task_id = info[0]
-            if self._single is not None:
-                if task_id != self._single:
-                    return
-                if kind is not _REMOVED:  # a dropped task keeps its last row
-                    self._schedule()
-                return
-            if kind is _PROGRESS:
-                if task_id in self._rows_state:
-                    self._dirty[task_id] = info
-                    self._schedule()
-                return
-            if kind is _FINISHED:
-                flt = self.status_filter
-                if not flt or flt == info[2].value:
-                    recent = self._recent
-                    recent[task_id] = info
-                    if len(recent) > self._max_rows:
-                        recent.popitem(last=False)
-            elif kind is _REMOVED:
-                self._recent.pop(task_id, None)
-            self._membership_dirty = True
-            self._schedule()
+    # -------------------------------------------------------------- flush
+    def _fill_recent(self, status_filter: str) -> None:
+        self._recent.clear()
+        if self._single is not None or status_filter not in ("", *TERMINAL_VALUES):
+            return
+        statuses = TERMINAL_VALUES if not status_filter else (status_filter,)
+        infos = self._worker.get_all_tasks(status=statuses, limit=self._max_rows)
+        for info in sorted(infos, key=lambda i: i.completed_ts or 0.0):
+            self._recent[info.id] = info
 
-        def _schedule(self) -> None:
-            if self._handle is not None or self._closed or not self._ready:
-                return
-            delay = max(0.0, self._last_flush + self._interval - self._clock())
-            hook = self._call_later_hook
-            if hook is not None:
-                self._handle = hook(delay, _flush_ref, weakref.ref(self))
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is None:
-                # No loop (a reconfiguration from plain synchronous code): send now.
-                self._flush()
-                return
-            self._handle = loop.call_later(delay, _flush_ref, weakref.ref(self))
+    def _select(self, status_filter: str) -> list[TaskInfo]:
+        if self._single is not None:
+            # A task dropped from the history keeps its last row.
+            info = self._worker.get_task_info(self._single)
+            return [info] if info is not None else []
+        return select_rows(self._worker, status_filter, self._max_rows,
+                            reversed(self._recent.values()))
 
-        def _timer_fired(self) -> None:
-            self._handle = None
-            self._flush()
+    def _make_header(self, shown: int, status_filter: str) -> dict[str, Any]:
+        if self._single is not None:
+            return {}
+        s = self._worker.stats()
+        counts = {k.value: v for k, v in s.counts.items()}
+        matching = counts[status_filter] if status_filter else s.total
+        return {
+            "running": s.running, "busy": s.busy, "max_workers": s.max_workers,
+            "counts": counts, "total": s.total, "shown": shown,
+            "more": max(0, matching - shown),
+        }
 
-        # -------------------------------------------------------------- flush
-        def _fill_recent(self, status_filter: str) -> None:
-            self._recent.clear()
-            if self._single is not None or status_filter not in ("", *_TERMINAL_VALUES):
-                return
-            statuses = _TERMINAL_VALUES if not status_filter else (status_filter,)
-            infos = self._worker.get_all_tasks(status=statuses, limit=self._max_rows)
-            for info in sorted(infos, key=lambda i: i[12] or 0.0):
-                self._recent[info[0]] = info
-
-        def _select(self, status_filter: str) -> list[TaskInfo]:
-            if self._single is not None:
-                # A task dropped from the history keeps its last row.
-                info = self._worker.get_task_info(self._single)
-                return [info] if info is not None else []
-            return _select_rows(self._worker, status_filter, self._max_rows,
-                                reversed(self._recent.values()))
-
-        def _make_header(self, shown: int, status_filter: str) -> dict[str, Any]:
-            if self._single is not None:
-                return {}
-            s = self._worker.stats()
-            counts = {k.value: v for k, v in s.counts.items()}
-            matching = counts[status_filter] if status_filter else s.total
-            return {
-                "running": s.running, "busy": s.busy, "max_workers": s.max_workers,
-                "counts": counts, "total": s.total, "shown": shown,
-                "more": max(0, matching - shown),
-            }
-
-        def _flush(self) -> None:
-            self._last_flush = self._clock()
-            if self._closed:
-                return
-            rows = self._rows_state
-            dirty, self._dirty = self._dirty, {}
-            upsert: list[dict[str, Any]] = []
-            progress: list[list[Any]] = []
-            remove: list[str] = []
-            if self._membership_dirty or self._single is not None:
-                self._membership_dirty = False
-                infos = self._select(self.status_filter)
-                if self._single is None:
-                    wanted = {info[0] for info in infos}
-                    remove = [task_id for task_id in rows if task_id not in wanted]
-                    for task_id in remove:
-                        del rows[task_id]
+    def _flush(self) -> None:
+        self._last_flush = self._clock()
+        if self._closed:
+            return
+        rows = self._rows_state
+        dirty, self._dirty = self._dirty, {}
+        upsert: list[dict[str, Any]] = []
+        progress: list[list[Any]] = []
+        remove: list[str] = []
+        if self._membership_dirty or self._single is not None:
+            self._membership_dirty = False
+            infos = self._select(self.status_filter)
+            if self._single is None:
+                wanted = {info.id for info in infos}
+                remove = [task_id for task_id in rows if task_id not in wanted]
+                for task_id in remove:
+                    del rows[task_id]
+        else:
+            infos = []
+            for task_id, info in dirty.items():
+                old = rows.get(task_id)
+                if old is None:
+                    continue
+                if old["status"] != info.status.value:
+                    infos.append(info)
+                    continue
+                # Progress of a row otherwise unchanged: no need to rebuild it.
+                pct = progress_percent(info)
+                if pct != old["progress"]:
+                    old["progress"] = pct
+                    progress.append([task_id, pct])
+        for info in infos:
+            new = make_row(info)
+            old = rows.get(info.id)
+            if old == new:
+                continue
+            rows[info.id] = new
+            if old is not None and only_progress_differs(old, new):
+                progress.append([new["id"], new["progress"]])
             else:
-                infos = []
-                for task_id, info in dirty.items():
-                    old = rows.get(task_id)
-                    if old is None:
-                        continue
-                    if old["status"] != info[2].value:
-                        infos.append(info)
-                        continue
-                    # Progress of a row otherwise unchanged: no need to rebuild it.
-                    pct = round(info[4] * 1000) / 10
-                    if pct != old["progress"]:
-                        old["progress"] = pct
-                        progress.append([task_id, pct])
-            for info in infos:
-                new = make_row(info)
-                old = rows.get(info[0])
-                if old == new:
-                    continue
-                rows[info[0]] = new
-                if old is not None and _only_progress_differs(old, new):
-                    progress.append([new["id"], new["progress"]])
-                else:
-                    upsert.append(new)
-            msg: dict[str, Any] = {}
-            header = self._make_header(len(rows), self.status_filter)
-            if header != self._header_state:
-                self._header_state.clear()
-                self._header_state.update(header)
-                msg["header"] = header
-            if upsert:
-                msg["upsert"] = upsert
-            if progress:
-                msg["progress"] = progress
-            if remove:
-                msg["remove"] = remove
-            if msg:
-                self._seq += 1
-                msg.update(type="patch", seq=self._seq, now=_ms(time.time()))
-                self.send(msg)
+                upsert.append(new)
+        msg: dict[str, Any] = {}
+        header = self._make_header(len(rows), self.status_filter)
+        if header != self._header_state:
+            self._header_state.clear()
+            self._header_state.update(header)
+            msg["header"] = header
+        if upsert:
+            msg["upsert"] = upsert
+        if progress:
+            msg["progress"] = progress
+        if remove:
+            msg["remove"] = remove
+        if msg:
+            self._seq += 1
+            msg.update(type="patch", seq=self._seq, now=epoch_ms(time.time()))
+            self.send(msg)
 
-        def _send_snapshot(self) -> None:
-            self.flush()
-            self.send({
-                "type": "snapshot", "seq": self._seq, "now": _ms(time.time()),
-                "rows": list(self._rows_state.values()), "header": dict(self._header_state),
-            })
+    def _send_snapshot(self) -> None:
+        self.flush()
+        self.send({
+            "type": "snapshot", "seq": self._seq, "now": epoch_ms(time.time()),
+            "rows": list(self._rows_state.values()), "header": dict(self._header_state),
+        })
 
-        # ---------------------------------------------------------- front end
-        @t.validate("status_filter")
-        def _valid_filter(self, proposal: Any) -> str:
-            try:
-                return _check_filter(proposal["value"])
-            except ValueError as exc:
-                # A TraitError (that is also the ValueError callers expect) makes
-                # traitlets roll back when validation runs at the end of a hold.
-                raise _FilterError(str(exc)) from None
+    # ---------------------------------------------------------- front end
+    @t.validate("status_filter")
+    def _valid_filter(self, proposal: Any) -> str:
+        try:
+            return check_filter(proposal["value"])
+        except ValueError as exc:
+            # A TraitError (that is also the ValueError callers expect) makes
+            # traitlets roll back when validation runs at the end of a hold.
+            raise _FilterError(str(exc)) from None
 
-        def set_state(self, sync_data: Mapping[str, Any]) -> None:
-            """Apply a state update from the browser (ipywidgets calls this for every
-            ``update`` message of the comm).
+    def set_state(self, sync_data: Mapping[str, Any]) -> None:
+        """Apply a state update from the browser (ipywidgets calls this for every
+        ``update`` message of the comm).
 
-            The browser owns only ``status_filter``: other keys are ignored, so the
-            rows, header and task id new views receive are always the kernel's. An
-            invalid filter changes nothing. What was refused is sent back with the
-            kernel's values to every view, as the echo of this update (the sender
-            waits for that echo), so the sender is back in sync too.
-            """
-            accepted: dict[str, Any] = {}
-            refused: list[str] = []
-            for name, value in sync_data.items():
-                if name not in _FRONTEND_TRAITS:
-                    if name in self.keys:
-                        logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
-                        refused.append(name)
-                    continue
-                try:
-                    accepted[name] = _check_filter(value)
-                except ValueError as exc:
-                    logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
+        The browser owns only ``status_filter``: other keys are ignored, so the
+        rows, header and task id new views receive are always the kernel's. An
+        invalid filter changes nothing. What was refused is sent back with the
+        kernel's values to every view, as the echo of this update (the sender
+        waits for that echo), so the sender is back in sync too.
+        """
+        accepted: dict[str, Any] = {}
+        refused: list[str] = []
+        for name, value in sync_data.items():
+            if name not in _FRONTEND_TRAITS:
+                if name in self.keys:
+                    logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
                     refused.append(name)
-            if accepted:
-                super().set_state(accepted)
-            if refused:
-                # Plain JSON (no binary buffers among these traits).
-                self._send({"method": "echo_update", "state": self.get_state(refused), "buffer_paths": []})
+                continue
+            try:
+                accepted[name] = check_filter(value)
+            except ValueError as exc:
+                logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
+                refused.append(name)
+        if accepted:
+            super().set_state(accepted)
+        if refused:
+            # Plain JSON (no binary buffers among these traits).
+            self._send({"method": "echo_update", "state": self.get_state(refused), "buffer_paths": []})
 
-        @t.observe("status_filter")
-        def _filter_changed(self, change: Any) -> None:
-            if self._single is not None:
-                return
-            self._fill_recent(change["new"])
-            self._membership_dirty = True
-            self._schedule()
+    @t.observe("status_filter")
+    def _filter_changed(self, change: Any) -> None:
+        if self._single is not None:
+            return
+        self._fill_recent(change["new"])
+        self._membership_dirty = True
+        self._schedule()
 
-        def _on_frontend_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-            if not isinstance(content, dict) or self._closed:
-                return
-            kind = content.get("type")
-            if kind == "cancel":
-                task_id = content.get("id")
-                if isinstance(task_id, str) and (self._single is None or task_id == self._single):
-                    self._worker.cancel_task_nowait(task_id)
-            elif kind == "sync":
-                self._send_snapshot()
-            elif self._single is not None:
-                return  # the compact view has no other controls
-            elif kind == "cancel_all":
-                self.cancel_all()
-            elif kind == "clear_finished":
-                self.clear_finished()
-            else:
-                logger.debug("TaskDashboard: ignoring front-end message %r", content)
-
-    return TaskDashboard
-
-
-def _check_filter(value: object) -> str:
-    if value is None or value == "" or value == "all":
-        return ""
-    try:
-        return TaskStatus.parse(value).value
-    except ValueError:
-        raise ValueError(
-            f"status_filter must be '' (all) or one of {', '.join(_STATUS_VALUES)}; got {value!r}"
-        ) from None
+    def _on_frontend_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict) or self._closed:
+            return
+        kind = content.get("type")
+        if kind == "cancel":
+            task_id = content.get("id")
+            if isinstance(task_id, str) and (self._single is None or task_id == self._single):
+                self._worker.cancel_task_nowait(task_id)
+        elif kind == "sync":
+            self._send_snapshot()
+        elif self._single is not None:
+            return  # the compact view has no other controls
+        elif kind == "cancel_all":
+            self.cancel_all()
+        elif kind == "clear_finished":
+            self.clear_finished()
+        else:
+            logger.debug("TaskDashboard: ignoring front-end message %r", content)
 
 
-_ORDER = {"running": 0, "pending": 1}
-
-
-def _row_order(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    group = _ORDER.get(row["status"], 2)
-    if group == 0:
-        return (0, row["started"] or 0, row["seq"])
-    if group == 1:
-        return (1, row["priority"], row["seq"])
-    return (2, -(row["completed"] or 0), -row["seq"])
-
-
-def _subscribe_weakly(dash: Any, worker: AsyncTaskWorker) -> Callable[[], None]:
+def _subscribe_weakly(dash: TaskDashboard, worker: AsyncTaskWorker) -> Callable[[], None]:
     """Subscribe ``dash._on_event`` holding ``dash`` weakly; returns the unsubscriber.
 
     The subscription ends on ``close()``, or when the dashboard is collected.
@@ -707,7 +501,7 @@ def _subscribe_weakly(dash: Any, worker: AsyncTaskWorker) -> Callable[[], None]:
     def on_event(event: TaskEvent) -> None:
         kind, info = event
         if info is not None and (
-                info[0] != single if single is not None else kind is _PROGRESS and info[0] not in shown):
+                info.id != single if single is not None else kind is _PROGRESS and info.id not in shown):
             return
         target = ref()
         if target is None:
@@ -723,52 +517,4 @@ def _subscribe_weakly(dash: Any, worker: AsyncTaskWorker) -> Callable[[], None]:
     return finalizer  # calling it unsubscribes once and detaches the finalizer
 
 
-def worker_mimebundle(worker: AsyncTaskWorker, include: Any = None, exclude: Any = None) -> Any:
-    """What ``display(worker)`` shows: a live dashboard plus a ``text/plain`` table.
-
-    Only the text table when widgets cannot render here (ipywidgets or
-    anywidget missing, or no kernel, as in terminal IPython), so that no
-    widget is created that nothing could ever show or close.
-    """
-    text = _worker_text(worker)
-    data: dict[str, Any] = {"text/plain": text}
-    metadata: dict[str, Any] = {}
-    if _widgets_can_render():
-        bundle = _dashboard_class()(worker)._repr_mimebundle_()
-        if bundle is not None:
-            data, metadata = bundle
-            data["text/plain"] = text
-    if include:
-        data = {k: v for k, v in data.items() if k in include}
-    if exclude:
-        data = {k: v for k, v in data.items() if k not in exclude}
-    return data, metadata
-
-
-def _widgets_can_render() -> bool:
-    try:
-        import anywidget  # noqa: F401
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    ip = get_ipython()
-    return ip is not None and getattr(ip, "kernel", None) is not None
-
-
-def _dashboard_class() -> type[Any]:
-    cls = globals().get("TaskDashboard")
-    if cls is None:
-        cls = globals()["TaskDashboard"] = _build_widget_class()
-    return cls
-
-
-def __getattr__(name: str) -> Any:
-    # The widget class needs anywidget: it is built on first use so that this
-    # module (text_table, worker_mimebundle) imports without it.
-    if name == "TaskDashboard":
-        return _dashboard_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["TaskDashboard", "make_row", "text_table", "worker_mimebundle"]  # noqa: F822 (lazy)
+__all__ = ["TaskDashboard"]

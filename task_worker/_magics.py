@@ -32,10 +32,10 @@ from IPython.utils.text import dedent
 from . import _session
 from ._cellview import CellViews, user_traceback
 from ._figures import task_figures
-from ._info import TaskInfo
 from ._namespace import DELETE_HELPER, LiveNamespaces, task_namespace
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
+from ._table import text_table
 from ._worker import AsyncTaskWorker
 
 _FUTURE_FLAGS = 0
@@ -438,7 +438,9 @@ class TaskMagics(Magics):
             except ValueError as exc:
                 raise UsageError(f"%task list: {exc}") from None
             infos = worker.get_all_tasks(status=statuses, limit=args.limit or None)
-            print(format_table(infos, total=len(worker)))
+            counts = worker.stats().counts
+            matching = len(worker) if statuses is None else sum(counts[s] for s in set(statuses))
+            print(text_table(infos, total=matching))
             return None
         if args.command == "cancel":
             return self._cancel(worker, args.tasks, args.all)
@@ -535,7 +537,7 @@ class TaskMagics(Magics):
                 self.dashboards.append(dashboard)
                 display(dashboard)
                 return
-        print(format_table(worker.get_all_tasks(limit=LIST_LIMIT), total=len(worker)))
+        print(text_table(worker.get_all_tasks(limit=LIST_LIMIT), total=len(worker)))
 
     def close_widgets(self) -> None:
         """Close the dashboards ``%tasks`` showed and every ``%%task`` view."""
@@ -549,23 +551,4 @@ TaskMagics.task.__doc__ = dedent(TaskMagics.task.__doc__ or "") + "\n" + (
     _cell_options.parser.format_help())
 
 
-def format_table(infos: list[TaskInfo], total: int | None = None) -> str:
-    """A plain-text table of tasks (``%task list``, and ``%tasks`` without widgets)."""
-    if not infos:
-        return "no tasks"
-    header = ("ID", "NAME", "STATUS", "PRIORITY", "PROGRESS", "ELAPSED", "ERROR")
-    rows = [header]
-    for i in infos:
-        elapsed = i.elapsed
-        rows.append((
-            i.id, i.name, i.status.value, str(i.priority), f"{i.progress:.0%}",
-            "" if elapsed is None else f"{elapsed:.1f}s", (i.error or "")[:60],
-        ))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    if total is not None and total > len(infos):
-        lines.append(f"({len(infos)} of {total} tasks shown)")
-    return "\n".join(lines)
-
-
-__all__ = ["CellCode", "TaskMagics", "compile_cell", "format_table", "make_runner"]
+__all__ = ["CellCode", "TaskMagics", "compile_cell", "make_runner"]

@@ -1045,7 +1045,7 @@ class AsyncTaskWorker:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
         # display(worker) shows a live dashboard, with a text table as fallback.
-        from ._dashboard import worker_mimebundle
+        from ._table import worker_mimebundle
 
         return worker_mimebundle(self, include, exclude)
 

@@ -25,7 +25,8 @@ import ipywidgets
 
 import task_worker
 from task_worker import AsyncTaskWorker, EventKind, TaskEvent, TaskStatus, report_progress
-from task_worker._dashboard import TaskDashboard, make_row, text_table, worker_mimebundle
+from task_worker._dashboard import TaskDashboard
+from task_worker._table import make_row, text_table, worker_mimebundle
 
 STATIC = pathlib.Path(task_worker.__file__).parent / "static"
 
@@ -164,6 +165,22 @@ async def until(worker: AsyncTaskWorker, task_id: str, status: TaskStatus) -> No
         unsubscribe()
 
 
+def progress_delivered(worker: AsyncTaskWorker, task_id: str, value: float) -> asyncio.Future[None]:
+    """A future set (on worker events) once a progress event of ``task_id`` carrying ``value``
+    has been delivered; every subscriber that subscribed earlier has had it by then."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_event(event: TaskEvent) -> None:
+        info = event.info
+        if (event.kind is EventKind.PROGRESS and info is not None and info.id == task_id
+                and info.progress == value and not fut.done()):
+            fut.set_result(None)
+
+    unsubscribe = worker.subscribe(on_event, task_id=task_id)
+    fut.add_done_callback(lambda _: unsubscribe())
+    return fut
+
+
 async def blocker(gate: asyncio.Event) -> str:
     await gate.wait()
     return "done"
@@ -266,23 +283,22 @@ async def test_progress_below_display_resolution_is_not_resent(
     async def creep() -> None:
         report_progress(0.5)
         await step.wait()
-        step.clear()
         report_progress(0.50004)  # 50.004 % rounds to 50.0 %
-        await step.wait()
+        await release.wait()
 
-    task_id = await worker.add_task(creep)
-    await until(worker, task_id, TaskStatus.RUNNING)
+    first = progress_delivered(worker, "creep", 0.5)
+    task_id = await worker.add_task(creep, task_id="creep")
+    await asyncio.wait_for(first, 5)
     dash = make_dashboard(worker, clock)
-    await asyncio.sleep(0)
-    clock.advance(1)
+    dash.flush()  # from now on the row is only patched
     take(dash)
+    assert dash.rows[0]["progress"] == 50.0
+    # Subscribed after the dashboard: once this sees the event, the dashboard has seen it.
+    second = progress_delivered(worker, task_id, 0.50004)
     step.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert worker.get_task_info(task_id).progress == pytest.approx(0.50004)  # type: ignore[union-attr]
+    await asyncio.wait_for(second, 5)
     clock.advance(1)
     assert take(dash) == []
-    step.set()
     release.set()
     await worker.join()
     dash.close()
@@ -426,7 +442,8 @@ async def test_max_rows_caps_rows_and_counts_the_rest(worker: AsyncTaskWorker, c
     for i in range(30):
         await worker.add_task(blocker, gate, task_id=f"t{i:02d}", priority=-i)
     dash = make_dashboard(worker, clock, max_rows=10)
-    await asyncio.sleep(0)
+    for i in (29, 28, 27, 26):
+        await until(worker, f"t{i}", TaskStatus.RUNNING)
     clock.advance(1)
     rows = dash.rows
     assert len(rows) == 10
@@ -549,10 +566,20 @@ async def test_cancel_message_from_the_front_end_cancels_the_task(
     clock.advance(1)
     [patch] = take(dash)
     assert patch["upsert"][0]["status"] == "cancelled"
-    # Malformed or unknown messages are ignored.
+    # Malformed or unknown messages are ignored: nothing is cancelled, nothing is sent.
+    other = await worker.add_task(blocker, gate)
+    await until(worker, other, TaskStatus.RUNNING)
+    clock.advance(1)
+    take(dash)
     frontend(dash, {"type": "cancel", "id": 42})
-    frontend(dash, {"type": "nonsense"})
+    frontend(dash, {"type": "cancel", "id": [other]})
+    frontend(dash, {"type": "nonsense", "id": other})
     frontend(dash, "not a dict")  # type: ignore[arg-type]
+    clock.advance(1)
+    assert take(dash) == []
+    assert worker.get_task_info(other).status is TaskStatus.RUNNING  # type: ignore[union-attr]
+    gate.set()
+    await worker.join()
     dash.close()
 
 
@@ -796,9 +823,9 @@ async def test_worker_mimebundle_is_text_only_without_widgets(
 
 async def test_worker_mimebundle_in_a_kernel_is_a_live_dashboard(
         worker: AsyncTaskWorker, monkeypatch: pytest.MonkeyPatch) -> None:
-    from task_worker import _dashboard
+    from task_worker import _table
 
-    monkeypatch.setattr(_dashboard, "_widgets_can_render", lambda: True)
+    monkeypatch.setattr(_table, "widgets_can_render", lambda: True)
     data, _ = worker._repr_mimebundle_(None, None)
     assert set(data) == {"text/plain", "application/vnd.jupyter.widget-view+json"}
     assert data["text/plain"].startswith("AsyncTaskWorker")
@@ -818,15 +845,49 @@ def test_make_row_rounds_progress_and_keeps_only_what_is_set() -> None:
 
 
 def test_dashboard_can_be_built_without_a_running_loop() -> None:
-    import gc
-
-    from task_worker import AsyncTaskWorker, TaskDashboard
-
+    """Outside any loop (plain synchronous code) the dashboard builds its rows, and a
+    reconfiguration flushes at once, since there is no loop to schedule a flush on."""
     w = AsyncTaskWorker()
+
+    async def history() -> None:
+        async with w:
+            bad = await w.add_task(failing, task_id="bad")
+            with pytest.raises(ValueError):
+                await w.wait(bad)
+            await w.add_task(blocker, asyncio.Event(), task_id="ok")
+            await w.cancel_task("ok")
+
+    asyncio.run(history())
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
     dash = TaskDashboard(w, status_filter="failed")
-    assert dash.rows == []
-    dash.status_filter = "completed"  # flushes at once: no loop to schedule on
+    assert [r["id"] for r in dash.rows] == ["bad"]
+    assert messages(dash) == []
+    dash.status_filter = "cancelled"  # flushed at once: nothing left to send later
+    [patch] = messages(dash)
+    assert patch["remove"] == ["bad"] and [r["id"] for r in patch["upsert"]] == ["ok"]
+    assert [r["id"] for r in dash.rows] == ["ok"] and dash._handle is None
     dash.close()
     del dash
     gc.collect()
     assert len(w._hub) == 0
+
+
+def test_the_widget_class_is_defined_at_module_level() -> None:
+    from task_worker import _dashboard
+
+    assert vars(_dashboard)["TaskDashboard"] is TaskDashboard
+    assert TaskDashboard.__module__ == "task_worker._dashboard"
+    assert TaskDashboard.__qualname__ == "TaskDashboard"
+    assert issubclass(TaskDashboard, __import__("anywidget").AnyWidget)
+    assert not hasattr(_dashboard, "__getattr__")
+    assert task_worker.TaskDashboard is TaskDashboard
+
+
+def test_the_text_table_module_imports_no_widgets_nor_ipython() -> None:
+    import subprocess
+
+    code = ("import sys, task_worker._table; "
+            "print([m for m in ('IPython', 'ipywidgets', 'anywidget', 'traitlets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

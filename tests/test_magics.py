@@ -23,6 +23,7 @@ from IPython.testing import globalipapp
 import task_worker
 from task_worker import _extension, _session
 from task_worker._magics import TaskMagics
+from task_worker._table import text_table
 
 
 @pytest.fixture
@@ -283,6 +284,21 @@ def test_task_list_prints_a_table(ip: Any, capsys: pytest.CaptureFixture[str]) -
         assert "listed" in out and "completed" in out and "STATUS" in out
         ip.run_line_magic("task", "list -s pending")
         assert "no tasks" in capsys.readouterr().out
+        # The dashboard's text table, word for word (one table for every text view).
+        ip.run_cell_magic("task", "-n listed2", "2")
+        finish("listed2")
+        worker = task_worker.get_worker()
+        capsys.readouterr()  # the cell's own view
+        ip.run_line_magic("task", "list")
+        assert capsys.readouterr().out == text_table(worker.get_all_tasks()) + "\n"
+        # What --limit leaves out is counted, among the tasks the status filter selects.
+        ip.run_line_magic("task", "list --limit 1")
+        out = capsys.readouterr().out
+        assert out.splitlines()[0].split() == ["ID", "NAME", "STATUS", "PRIO", "PROGRESS", "ELAPSED",
+                                               "ERROR"]
+        assert out.endswith("\n... 1 more\n"), out
+        ip.run_line_magic("task", "list -s completed --limit 2")
+        assert "more" not in capsys.readouterr().out
         with pytest.raises(UsageError):
             ip.run_line_magic("task", "list -s nonsense")
 

@@ -1,107 +1,36 @@
-"""The dashboard in a real ipykernel (this venv's, 7.x), driven with jupyter_client.
+"""The dashboard in real kernels (ipykernel 7 and 6), driven with jupyter_client through the
+shared ``KernelSession`` harness (``conftest.py``).
 
 1,000 tasks report progress as fast as they can for 2 s while a dashboard is
 displayed: the dashboard's comm must carry at most about 10 messages per
 second, and no iopub message may be lost (the cell's output, its reply, its
-``idle``, and the dashboard's final state all arrive).
+``idle``, and the dashboard's final state all arrive). Then: front-end state
+updates, traceback naming, and results whose repr raises.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import queue
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .conftest import strip_ansi
+from .conftest import KernelSession, strip_ansi
 
-jupyter_client = pytest.importorskip("jupyter_client")
+pytest.importorskip("jupyter_client")
 pytest.importorskip("anywidget")
 pytest.importorskip("ipykernel")
 
 
-class DashKernel:
-    """A kernel plus a blocking client that keeps every iopub message it reads."""
-
-    def __init__(self, km: Any, kc: Any) -> None:
-        self.km, self.kc = km, kc
-        self.iopub: list[dict[str, Any]] = []
-
-    def run(self, code: str, timeout: float = 30) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Execute ``code``; return its execute_reply and the iopub messages read until
-        its ``idle`` (the reply and the idle must both arrive: nothing lost)."""
-        msg_id = self.kc.execute(code)
-        deadline = time.monotonic() + timeout
-        start = len(self.iopub)
-        idle = False
-        while not idle:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no idle for {code[:60]!r} within {timeout} s")
-            try:
-                msg = self.kc.get_iopub_msg(timeout=remaining)
-            except queue.Empty:
-                continue
-            self.iopub.append(msg)
-            idle = (msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") == msg_id
-                    and msg["content"]["execution_state"] == "idle")
-        reply = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
-        assert reply["parent_header"]["msg_id"] == msg_id
-        if reply["content"]["status"] != "ok":
-            raise AssertionError("\n".join(reply["content"].get("traceback", [])))
-        return reply, self.iopub[start:]
-
-    def drain(self, seconds: float) -> None:
-        """Read iopub for ``seconds`` more (late widget messages)."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                self.iopub.append(self.kc.get_iopub_msg(timeout=remaining))
-            except queue.Empty:
-                pass
-
-
-@pytest.fixture
-def dash_kernel(tmp_path: Any) -> Iterator[DashKernel]:
-    """A fresh kernel on this venv's python, isolated from the user's IPython profile."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    spec_dir = tmp_path / "kernels" / "tw-dash"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "task_worker dashboard test", "language": "python",
-    }))
-    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")], ensure_native_kernel=False)
-    km = KernelManager(kernel_name="tw-dash", kernel_spec_manager=ksm)
-    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython"), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    km.start_kernel(env=env)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=30)
-        yield DashKernel(km, kc)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-SETUP = """
-import asyncio, time
+FLAT_OUT_SETUP = """
 from task_worker import AsyncTaskWorker, report_progress
 
-w = AsyncTaskWorker(max_workers=1000)
-await w.start()
-dash = w.dashboard()
-display(dash)
+flat_w = AsyncTaskWorker(max_workers=1000)
+await flat_w.start()
+flat_dash = flat_w.dashboard()
+display(flat_dash)
 
-async def spin(seconds):
+async def flat_spin(seconds):
     loop = asyncio.get_running_loop()
     start = loop.time()
     while (t := loop.time() - start) < seconds:
@@ -109,77 +38,67 @@ async def spin(seconds):
         await asyncio.sleep(0)
 """
 
-START = """
-t0 = time.perf_counter()
+FLAT_OUT_START = """
+flat_t0 = time.perf_counter()
 for _ in range(1000):
-    w.add_task_nowait(spin, 2.0)
+    flat_w.add_task_nowait(flat_spin, 2.0)
 """
 
-JOIN = """
-await w.join()
-print("joined after", round(time.perf_counter() - t0, 2), "s")
+FLAT_OUT_JOIN = """
+await flat_w.join()
+print("joined after", round(time.perf_counter() - flat_t0, 2), "s")
 """
 
 
-def _apply(rows: dict[str, dict[str, Any]], content: dict[str, Any]) -> None:
-    if content["type"] == "snapshot":
-        rows.clear()
-        rows.update({r["id"]: r for r in content["rows"]})
-        return
-    for task_id in content.get("remove", []):
-        rows.pop(task_id, None)
-    for row in content.get("upsert", []):
-        rows[row["id"]] = row
-    for task_id, pct in content.get("progress", []):
-        rows[task_id]["progress"] = pct
+def _dashboard_messages(kernel: KernelSession, comm_id: str, since: int = 0) -> list[dict[str, Any]]:
+    return [m for m in kernel.log[since:]
+            if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id]
 
 
-@pytest.mark.timeout(60)
+def _final_header_seen(kernel: KernelSession, comm_id: str) -> bool:
+    headers = [m["content"]["data"]["content"]["header"] for m in _dashboard_messages(kernel, comm_id)
+               if m["content"]["data"].get("method") == "custom"
+               and "header" in m["content"]["data"]["content"]]
+    return bool(headers) and headers[-1]["counts"]["completed"] == 1000 and headers[-1]["busy"] == 0
+
+
+@pytest.mark.timeout(120)
 def test_thousand_tasks_progressing_flat_out_send_few_messages_and_lose_nothing(
-        dash_kernel: DashKernel) -> None:
-    _, setup_io = dash_kernel.run(SETUP)
-    views = [m["content"]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
-             for m in setup_io if m["msg_type"] == "display_data"]
-    assert len(views) == 1
-    model_id = views[0]
-    opened = [m for m in setup_io
-              if m["msg_type"] == "comm_open" and m["content"]["comm_id"] == model_id]
-    rows = dict(opened[0]["content"]["data"]["state"]["_rows"])
+        kernel: KernelSession) -> None:
+    setup = kernel.execute(FLAT_OUT_SETUP)
+    [model_id] = setup.widget_ids()
+    assert len(kernel.rows[model_id]) == 0  # the comm_open's state: no tasks yet
 
-    start = len(dash_kernel.iopub)
+    start = len(kernel.log)
     t0 = time.monotonic()
-    dash_kernel.run(START)
-    _, join_io = dash_kernel.run(JOIN)
+    kernel.execute(FLAT_OUT_START)
+    joined = kernel.execute(FLAT_OUT_JOIN, timeout=90)
     wall = time.monotonic() - t0
-    dash_kernel.drain(0.5)  # the last flush comes up to 0.1 s after the last change
+    # The last flush comes up to 0.1 s after the last change: wait for it, on its message.
+    kernel.wait_for(lambda: _final_header_seen(kernel, model_id), what="the final header")
 
-    stdout = "".join(m["content"]["text"] for m in join_io if m["msg_type"] == "stream")
-    assert stdout.startswith("joined after"), stdout
-    ours = [m for m in dash_kernel.iopub[start:]
-            if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
+    assert joined.stdout.startswith("joined after"), joined.stdout
+    ours = _dashboard_messages(kernel, model_id, start)
     patches = [m["content"]["data"]["content"] for m in ours
                if m["content"]["data"]["method"] == "custom"]
     assert len(patches) == len(ours)  # rows travel as patches, never as trait updates
-    print(f"{len(patches)} dashboard messages in {wall:.2f} s ({stdout.strip()})")
+    print(f"[{kernel.label}] {len(patches)} dashboard messages in {wall:.2f} s ({joined.stdout.strip()})")
     assert 5 <= len(patches) <= 10 * wall + 3
-    every = [m["content"]["data"]["content"] for m in dash_kernel.iopub
-             if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
+    every = [m["content"]["data"]["content"] for m in _dashboard_messages(kernel, model_id)]
     assert [p["seq"] for p in every] == list(range(1, len(every) + 1))  # none lost
-    for content in every:
-        _apply(rows, content)
-    header = next(p["header"] for p in reversed(patches) if "header" in p)
-    assert header["counts"]["completed"] == 1000 and header["busy"] == 0
+    rows = kernel.rows[model_id]  # the harness applied every patch, as a browser does
     assert len(rows) == 200 and {r["status"] for r in rows.values()} == {"completed"}
     assert {r["progress"] for r in rows.values()} == {100.0}
+    kernel.execute("flat_dash.close(); await flat_w.stop()")
 
 
 # ------------------------------------------------ state updates from the front end
-def _send_comm(kernel: Any, comm_id: str, data: dict[str, Any]) -> None:
+def _send_comm(kernel: KernelSession, comm_id: str, data: dict[str, Any]) -> None:
     """Send a comm_msg on the shell channel exactly as a frontend does."""
     kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
 
 
-def _comm_msgs(kernel: Any, comm_id: str, method: str, since: int) -> list[dict[str, Any]]:
+def _comm_msgs(kernel: KernelSession, comm_id: str, method: str, since: int) -> list[dict[str, Any]]:
     return [m["content"]["data"] for m in kernel.log[since:]
             if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id
             and m["content"]["data"].get("method") == method]
@@ -199,7 +118,7 @@ display(fe_dash)
 """
 
 
-def test_front_end_updates_cannot_wedge_or_forge_the_dashboard(kernel: Any) -> None:
+def test_front_end_updates_cannot_wedge_or_forge_the_dashboard(kernel: KernelSession) -> None:
     """Real comm ``update`` messages, as a browser sends them: an invalid filter is refused (the
     kernel keeps its value and echoes it back) and the dashboard goes on updating; kernel-owned
     state (rows, header, task id) sent by the front end never reaches the model or new views."""
@@ -234,7 +153,8 @@ def test_front_end_updates_cannot_wedge_or_forge_the_dashboard(kernel: Any) -> N
     kernel.execute("fe_gate.set(); await fe_worker.join(); fe_dash.close(); await fe_worker.stop()")
 
 
-def test_a_failed_task_cell_is_named_the_same_in_its_output_and_in_the_dashboard(kernel: Any) -> None:
+def test_a_failed_task_cell_is_named_the_same_in_its_output_and_in_the_dashboard(
+        kernel: KernelSession) -> None:
     """The dashboard row's traceback says ``Cell In[N], line L`` where the task's output area does,
     never the temporary file the cell was compiled into."""
     r = kernel.execute("%%task -n tb_naming\ntb_naming_x = 1\nraise ValueError('tb naming')")
@@ -280,7 +200,7 @@ class BadJSON:
 BadJSON()"""
 
 
-def test_a_result_whose_repr_raises_is_shown_safely_in_its_own_view(kernel: Any) -> None:
+def test_a_result_whose_repr_raises_is_shown_safely_in_its_own_view(kernel: KernelSession) -> None:
     """A task result whose ``_repr_html_`` or ``__repr__`` raises: the view shows what could be
     formatted (or a placeholder) and the formatting error, in the task's own output area; nothing
     goes to another cell as an error, and the kernel carries on."""
