@@ -285,7 +285,7 @@ def remote_always_dies() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# ------------------------------------- objects that resist travelling (issue 9)
+# ------------------------------------------- objects that resist travelling
 class LockHolder:
     """Holds a lock: pickling it raises TypeError."""
 
