@@ -1,42 +1,31 @@
-"""``DaskExecutor``: run task bodies on a Dask cluster through a ``distributed.Client``.
+"""``DaskExecutor``: the kernel side of running task bodies on a Dask cluster.
 
-The worker keeps the queue, the slots (``max_workers``), statuses, timeouts and
-events; only the body runs on the cluster. One executor exists per client (so
-``add_task(..., executor=client)`` called 10,000 times shares one), and all of
-its Dask calls happen on the client's event loop: the worker's own loop for an
-``asynchronous=True`` client made in the notebook, the client's thread for a
-synchronous one. Traffic between the two loops is batched per loop turn.
+Runs in the kernel (the process of the ``AsyncTaskWorker``); what runs on the
+Dask workers is in ``_dask_remote``. The worker keeps the queue, the slots
+(``max_workers``), statuses, timeouts and events; only the body runs on the
+cluster. One executor exists per client (so ``add_task(..., executor=client)``
+called 10,000 times shares one), and all of its Dask calls happen on the
+client's event loop: the worker's own loop for an ``asynchronous=True`` client
+made in the notebook, the client's thread for a synchronous one. Traffic
+between the two loops is batched per loop turn.
 
 Per task:
 
-* submission: ``client.submit`` of a small wrapper (``_remote_call``) with a
-  fresh key named after the function, so the Dask dashboard groups by name;
+* submission: ``client.submit`` of ``_dask_remote.remote_call`` with a fresh
+  key named after the function, so the Dask dashboard groups by name;
 * results: futures that finish together are fetched with one ``gather``
   (while one gather is in flight the next batch accumulates);
 * errors: re-raised with the remote traceback, as ``Future.result()`` does;
-* progress: on the Dask worker, ``task_worker.report_progress`` finds a
-  ``_RemoteReporter`` in its ContextVar. It sends at most one message per
-  ``PROGRESS_INTERVAL`` per task (plus one trailing message for the latest
-  value) with ``Worker.log_event`` on a topic this executor subscribed to;
-  the executor merges what arrives in one loop turn into one ``report`` call
-  per task;
+* progress: the remote reporter sends at most one message per
+  ``PROGRESS_INTERVAL`` per task on a Dask event topic this executor
+  subscribed to; the executor merges what arrives in one loop turn into one
+  ``report`` call per task;
 * cancel (also timeout and ``stop``): a cancelled ``run`` cancels the Dask
-  future, or drops the job if it was not submitted yet. The Dask worker then
-  moves the executing key to its ``cancelled`` state, and two things stop the
-  body there: the reporter checks that state (a local dict lookup, no
-  network) on every call and raises ``CancelledError``, so cooperative code
-  stops at its next ``report_progress``; and ``_CancelPlugin``, a
-  ``WorkerPlugin`` installed once per executor, sees the transition, cancels
-  an async body's task, and raises ``ThreadInterrupted`` in a sync body's
-  thread if it still runs ``INJECT_AFTER`` seconds later (as locally: a
-  cooperative body stops first, and a C call finishes first).
-* what comes back: a result travels in a ``_Result`` envelope whose Dask
-  serializer turns a failure to pickle (on the Dask worker) or to unpickle (in
-  the client) into a clear task failure; an exception that cannot travel as
-  itself (its ``str``/``repr``/pickling raises) is replaced by a
-  ``RuntimeError`` naming it, with the remote traceback; a ``SystemExit`` or
-  ``KeyboardInterrupt`` from a body travels inside ``_Carried`` (Dask would
-  shut the Dask worker down) and fails the task as it would locally.
+  future, or drops the job if it was not submitted yet; on the Dask worker the
+  reporter and ``CancelPlugin`` (installed once per executor) stop the body;
+* what comes back: the envelopes of ``_dask_remote`` (``Result``, ``Carried``)
+  are opened here; a result that cannot be unpickled in the kernel fails the
+  task clearly instead of breaking the client's connection;
 * a Dask worker process that dies mid-task: Dask retries the key elsewhere
   (``distributed.scheduler.allowed-failures`` times), then the future errs
   with ``KilledWorker`` and the task fails with it. A client that closes or
@@ -45,47 +34,48 @@ Per task:
 
 Dask calls used beyond the basics (``submit``, ``gather``, ``cancel``):
 ``Future.exception(asynchronous=True)`` to wait without fetching,
-``Client.subscribe_topic`` / ``Worker.log_event`` for progress,
-``Worker.state.tasks[key].state`` and ``WorkerPlugin.transition`` for cancel.
+``Client.subscribe_topic`` for progress, ``Client.register_plugin`` for cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import logging
 import os
 import pickle
 import threading
-import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import tblib.pickling_support  # type: ignore[import-untyped]
-from dask.sizeof import sizeof
-from distributed import Client, WorkerPlugin, get_worker
-from distributed.core import collect_causes
-from distributed.protocol import pickle as dask_pickle
-from distributed.protocol.serialize import dask_deserialize, dask_serialize, deserialize, serialize
+import distributed
+from distributed import Client
+from distributed.protocol.serialize import dask_deserialize, deserialize
 
-from ._interrupt import INJECT_AFTER, ThreadInterrupted, clear_in_thread, raise_in_thread
+from . import _dask_remote
+from ._dask_remote import (
+    PLUGIN_NAME,
+    CancelPlugin,
+    Carried,
+    Result,
+    Unfetchable,
+    describe,
+    remote_call,
+    unfetchable,
+)
 from ._progress import check_fraction, current_sink
-from ._record import WANTS_PROGRESS
-from ._worker import _flags_for
 
 logger = logging.getLogger("task_worker")
 
-#: Seconds between two progress messages of one remote task.
-PROGRESS_INTERVAL = 0.1
-
-_THIS_FILE = os.path.abspath(__file__)
-
-#: Worker-side states of a key whose body is (still) wanted.
-_ALIVE_STATES = frozenset({"executing", "long-running"})
+# Leading traceback frames of a remote error that are ours or Dask's, not the body's:
+# the client's gather re-raising here, then the Dask worker running remote_call.
+_NOT_THE_BODY = (
+    os.path.dirname(os.path.abspath(distributed.__file__)) + os.sep,
+    os.path.abspath(__file__),
+    os.path.abspath(_dask_remote.__file__),
+)
 
 # Kinds of messages a worker loop sends to the client loop.
 _SUBMIT = 0
@@ -103,19 +93,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _declares_progress_callback(func: Callable[..., Any]) -> bool:
-    """Whether ``func`` has a ``progress_callback`` parameter (the worker's cached check)."""
-    return bool(_flags_for(func) & WANTS_PROGRESS)
-
-
-def _is_worker_progress_callback(value: object) -> bool:
-    # The core injects its own ``progress_callback`` closure into kwargs when the
-    # function declares that parameter; it cannot run on the cluster. See the
-    # report: the core should leave this to the executor.
-    return (getattr(value, "__module__", None) == "task_worker._worker"
-            and getattr(value, "__name__", None) == "progress_callback")
 
 
 class _Job:
@@ -208,10 +185,15 @@ class DaskExecutor:
         """The Dask event topic remote progress travels on (see ``Client.get_events``)."""
         return self._topic
 
+    @property
+    def in_flight(self) -> int:
+        """How many task bodies were submitted to the cluster and have not settled yet."""
+        return len(self._jobs)
+
     def __repr__(self) -> str:
         client = self._client_ref()
         where = getattr(getattr(client, "scheduler", None), "address", None) if client else None
-        return f"<DaskExecutor {where or client!r} in_flight={len(self._jobs)}>"
+        return f"<DaskExecutor {where or client!r} in_flight={self.in_flight}>"
 
     # ------------------------------------------------------- worker-loop side
     async def run(
@@ -230,11 +212,6 @@ class DaskExecutor:
             await self._register_plugin(client)
         sink = current_sink.get()
         task_id = sink.id if sink is not None else None
-        given = kwargs.get("progress_callback", _WANTS_PROGRESS)
-        if given is _WANTS_PROGRESS or _is_worker_progress_callback(given):
-            # The function may declare ``progress_callback``: give it a remote one.
-            if _declares_progress_callback(func):
-                kwargs = {**kwargs, "progress_callback": _WANTS_PROGRESS}
         job = _Job(f"{_key_prefix(func)}-{uuid.uuid4().hex}", task_id, func, args,
                    kwargs, report, asyncio.get_running_loop())
         self._post(_SUBMIT, job)
@@ -248,7 +225,7 @@ class DaskExecutor:
             raise
 
     async def _register_plugin(self, client: Any) -> None:
-        """Install ``_CancelPlugin`` on the Dask workers, once per executor.
+        """Install ``CancelPlugin`` on the Dask workers, once per executor.
 
         Best effort: without it, cancellation still reaches cooperative code
         through ``report_progress``.
@@ -261,9 +238,9 @@ class DaskExecutor:
     async def _do_register_plugin(self, client: Any) -> None:
         try:
             if client.asynchronous:
-                await client.register_plugin(_CancelPlugin(), name=_PLUGIN_NAME)
+                await client.register_plugin(CancelPlugin(), name=PLUGIN_NAME)
             else:
-                await asyncio.to_thread(client.register_plugin, _CancelPlugin(), _PLUGIN_NAME)
+                await asyncio.to_thread(client.register_plugin, CancelPlugin(), PLUGIN_NAME)
         except Exception:
             logger.warning("task_worker: could not install the cancel plugin on the Dask "
                            "workers; only bodies that call report_progress stop when cancelled",
@@ -310,7 +287,7 @@ class DaskExecutor:
         job.func, job.args, job.kwargs = None, (), {}  # the future holds them now
         try:
             job.future = client.submit(
-                _remote_call, job.task_id, job.key, self._topic, func, args, kwargs,
+                remote_call, job.task_id, job.key, self._topic, func, args, kwargs,
                 key=job.key, pure=False)
         except BaseException as exc:  # user __reduce__ code can raise anything
             # Pickling the arguments runs user code (``__reduce__``): whatever it
@@ -468,46 +445,46 @@ def _submit_error(exc: BaseException) -> Exception:
     while root.__cause__ is not None:
         root = root.__cause__
     kind = TypeError if isinstance(root, (TypeError, pickle.PicklingError)) else RuntimeError
-    err = kind(f"could not send the task to the Dask cluster: {_describe(root)}")
+    err = kind(f"could not send the task to the Dask cluster: {describe(root)}")
     err.__cause__ = exc
     return err
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of ``exc`` without trusting its ``__str__`` (user code)."""
-    name = type(exc).__qualname__
-    try:
-        text = str(exc)
-    except BaseException:  # a broken __str__ must not break error reporting
-        return f"{name} (whose str() raised)"
-    return f"{name}: {text}" if text else name
 
 
 def _remote_only(exc: BaseException) -> BaseException:
     """Drop the client's own frames (``gather`` re-raising) from a remote error's traceback.
 
-    A ``_Carried`` error gives back the exception it carries (``SystemExit``, say).
+    A ``Carried`` error gives back the exception it carries (``SystemExit``, say).
     """
-    import distributed
-
-    local = (os.path.dirname(os.path.abspath(distributed.__file__)) + os.sep, _THIS_FILE)
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(local):
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_NOT_THE_BODY):
         tb = tb.tb_next
-    if isinstance(exc, _Carried) and len(exc.args) == 1 and isinstance(exc.args[0], BaseException):
+    if isinstance(exc, Carried) and len(exc.args) == 1 and isinstance(exc.args[0], BaseException):
         exc = exc.args[0]
     return exc.with_traceback(tb)
 
 
 def _unwrap(value: Any) -> tuple[bool, Any]:
     """``(ok, value)`` of what ``gather`` returned for one of our keys."""
-    if isinstance(value, _Result):
+    if isinstance(value, Result):
         return True, value.value
-    if isinstance(value, _Unfetchable):
+    if isinstance(value, Unfetchable):
         kind = TypeError if value.pickling_error else RuntimeError
         return False, kind(value.message)
     # Not wrapped: the Dask worker runs another version of task_worker.
     return True, value
+
+
+def _deserialize_result(header: dict[str, Any], frames: list[Any]) -> Result | Unfetchable:
+    """Dask's deserializer of a ``Result`` (in the kernel): never raises."""
+    if not header.get("ok"):
+        return Unfetchable(header["message"], header["pickling"])
+    try:
+        return Result(deserialize(header["value"], frames))
+    except BaseException as why:  # user code (a loader) can raise anything
+        return unfetchable(header["type"], "received: unpickling it raised", why)
+
+
+dask_deserialize.register(Result)(_deserialize_result)
 
 
 def _resolve_many(items: list[tuple[_Job, bool, Any]]) -> None:
@@ -525,7 +502,7 @@ def _resolve(job: _Job, ok: bool, value: Any) -> None:
     try:
         done.set_exception(value)
     except TypeError:  # StopIteration cannot be raised into a Future
-        err = RuntimeError(f"the task raised {_describe(value)}")
+        err = RuntimeError(f"the task raised {describe(value)}")
         err.__cause__ = value
         done.set_exception(err)
 
@@ -545,376 +522,4 @@ def _quiet_done(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: a failed cancel is not worth a log line
 
 
-# ---------------------------------------------------------------- remote side
-class _WantsProgress:
-    """Placeholder sent in kwargs: replaced on the Dask worker by a progress callback."""
-
-    def __reduce__(self) -> str:
-        return "_WANTS_PROGRESS"
-
-
-_WANTS_PROGRESS = _WantsProgress()
-
-
-class _RemoteReporter:
-    """Stands in for the task's record on a Dask worker, and stops its body there.
-
-    A ``ProgressSink``: ``report_progress`` calls ``report(x)``;
-    ``current_task_id`` reads ``.id``. Sends are rate-limited to one per
-    ``PROGRESS_INTERVAL`` with a trailing send of the latest value.
-
-    ``interrupt_soon()`` (called by ``_CancelPlugin`` when the Dask worker
-    cancels the key) stops a body that never reports: ``ThreadInterrupted`` is
-    raised in a sync body's thread after a grace period (as the local worker
-    does), an async body's task is cancelled on its private loop.
-    """
-
-    __slots__ = (
-        "_closed",
-        "_ident",
-        "_ilock",
-        "_interrupted",
-        "_key",
-        "_lock",
-        "_next_at",
-        "_sent",
-        "_task",
-        "_timer",
-        "_topic",
-        "_value",
-        "_worker",
-        "id",
-    )
-
-    def __init__(self, task_id: str | None, worker: Any, key: str, topic: str) -> None:
-        self.id = task_id
-        self._worker = worker
-        self._key = key
-        self._topic = topic
-        self._lock = threading.Lock()
-        self._value: float | None = None
-        self._sent: float | None = None
-        self._next_at = 0.0
-        self._timer = False
-        self._closed = False
-        # Interruption: the body's thread while it runs, its asyncio task if async.
-        self._ilock = threading.Lock()
-        self._ident = 0
-        self._task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
-        self._interrupted = False
-
-    def stopped(self) -> bool:
-        """Whether the body was stopped by a cancel (interrupted, or the key is no longer wanted)."""
-        return self._interrupted or self.cancelled()
-
-    @property
-    def stop_requested(self) -> bool:
-        """``ProgressSink.stop_requested``: the body was told to stop."""
-        return self.stopped()
-
-    def cancelled(self) -> bool:
-        """Whether the Dask worker no longer wants this key (cancelled, released)."""
-        try:
-            ts = self._worker.state.tasks.get(self._key)
-        except AttributeError:  # pragma: no cover - a future distributed without WorkerState
-            return False
-        return ts is None or ts.state not in _ALIVE_STATES
-
-    def report(self, fraction: float) -> None:
-        """``ProgressSink.report``: rate-limited send to the kernel (any thread)."""
-        if self.cancelled():
-            raise asyncio.CancelledError(f"task {self.id!r} was cancelled")
-        now = time.monotonic()
-        with self._lock:
-            self._value = fraction
-            if now >= self._next_at:
-                self._next_at = now + PROGRESS_INTERVAL
-                send = True
-            else:
-                send = False
-                if not self._timer:
-                    self._timer = True
-                    loop = self._worker.loop.asyncio_loop
-                    loop.call_soon_threadsafe(loop.call_later, self._next_at - now, self._flush)
-        if send:
-            self._send(fraction)
-
-    def progress_callback(self, fraction: float) -> None:
-        """The ``progress_callback`` argument given to functions that declare one."""
-        self.report(check_fraction(fraction))
-
-    def _flush(self) -> None:  # on the Dask worker's loop
-        with self._lock:
-            self._timer = False
-            value = self._value
-            if self._closed or value is None or value == self._sent:
-                return
-            now = time.monotonic()
-            if now < self._next_at:
-                # A report sent directly since this timer was armed: wait for the next slot.
-                self._timer = True
-                self._worker.loop.asyncio_loop.call_later(self._next_at - now, self._flush)
-                return
-            self._next_at = now + PROGRESS_INTERVAL
-        self._send(value)
-
-    def _send(self, fraction: float) -> None:
-        self._sent = fraction
-        self._worker.log_event(self._topic, [self._key, fraction])
-
-    # -- interruption
-    def attach(self) -> None:
-        """The body starts in this thread: make it interruptible."""
-        with self._ilock:
-            self._ident = threading.get_ident()
-        with _running_lock:
-            _running[self._key] = self
-
-    def detach(self) -> None:
-        """The body returned: no interruption may land any more; drop a trailing send."""
-        self._closed = True
-        with _running_lock:
-            if _running.get(self._key) is self:
-                del _running[self._key]
-        with self._ilock:
-            if self._ident:
-                self._ident = 0
-                clear_in_thread(threading.get_ident())
-            self._task = None
-
-    def run_async(self, awaitable: Awaitable[Any]) -> Any:
-        """Run an async body to completion on a private loop in this thread."""
-        loop = asyncio.new_event_loop()
-        try:
-            task = loop.create_task(_await(awaitable))
-            with self._ilock:
-                self._task = (loop, task)
-                if self._interrupted:
-                    task.cancel()
-            return loop.run_until_complete(task)
-        finally:
-            with self._ilock:
-                self._task = None
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-
-    def interrupt_soon(self) -> None:
-        """The key was cancelled: stop the body, the way the local worker stops its bodies.
-
-        An async body is cancelled at once (it stops at its next ``await``). A
-        sync body first gets ``INJECT_AFTER`` seconds to stop at its next
-        ``report_progress`` (which raises ``CancelledError`` from now on), so
-        that a cooperative body's own cleanup is not hit by an asynchronous
-        exception; ``ThreadInterrupted`` is raised only if it still runs then.
-        """
-        with self._ilock:
-            async_body = self._task is not None
-        if async_body:
-            self.interrupt()
-            return
-        loop = self._worker.loop.asyncio_loop
-        loop.call_soon_threadsafe(loop.call_later, INJECT_AFTER, self.interrupt)
-
-    def interrupt(self) -> None:
-        """Stop the body (once): cancel its asyncio task, or raise ``ThreadInterrupted`` in it."""
-        with self._ilock:
-            if self._interrupted or not self._ident:
-                return
-            self._interrupted = True
-            if self._task is not None:
-                loop, task = self._task
-                loop.call_soon_threadsafe(task.cancel)
-            else:
-                raise_in_thread(self._ident)
-
-
-# Bodies running in this (Dask worker) process, by key: what _CancelPlugin stops.
-_running: dict[str, _RemoteReporter] = {}
-_running_lock = threading.Lock()
-
-_PLUGIN_NAME = "task_worker-cancel"
-
-
-class _CancelPlugin(WorkerPlugin):
-    """On each Dask worker: interrupt a task_worker body whose key gets cancelled."""
-
-    name = _PLUGIN_NAME
-    idempotent = True
-
-    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish == "cancelled" or (start in _ALIVE_STATES and finish in ("released", "forgotten")):
-            reporter = _running.get(key) if _running else None
-            if reporter is not None:
-                reporter.interrupt_soon()
-
-
-def _remote_call(
-    task_id: str | None, key: str, topic: str, func: Callable[..., Any],
-    args: tuple[Any, ...], kwargs: dict[str, Any],
-) -> _Result:
-    """Runs on the Dask worker: the task body with ``report_progress`` wired up.
-
-    What leaves it can always travel back: the result goes in a ``_Result``
-    envelope, and an exception that cannot travel as itself is replaced (see
-    ``_fit_for_travel``).
-    """
-    reporter = _RemoteReporter(task_id, get_worker(), key, topic)
-    failure: BaseException | None = None
-    try:
-        reporter.attach()
-        try:
-            if reporter.cancelled():  # cancelled before it started
-                raise asyncio.CancelledError(f"task {task_id!r} was cancelled")
-            # A fresh context: the Dask worker thread's own context is reused by other keys.
-            result = contextvars.copy_context().run(_call, reporter, func, args, kwargs)
-        finally:
-            reporter.detach()  # from here on no interruption can land
-    except (asyncio.CancelledError, ThreadInterrupted) as exc:
-        if reporter.stopped():
-            raise  # our own cancellation: the client has stopped listening
-        failure = _fit_for_travel(exc)
-    except BaseException as exc:  # every outcome must reach the client
-        failure = _fit_for_travel(exc)
-    else:
-        return _Result(result)
-    # Raised here, outside the except clauses: no unpicklable __context__ rides along.
-    raise failure
-
-
-def _call(reporter: _RemoteReporter, func: Callable[..., Any], args: tuple[Any, ...],
-          kwargs: dict[str, Any]) -> Any:
-    current_sink.set(reporter)
-    if kwargs.get("progress_callback") is _WANTS_PROGRESS:
-        kwargs = {**kwargs, "progress_callback": reporter.progress_callback}
-    result = func(*args, **kwargs)
-    if inspect.isawaitable(result):
-        # A coroutine function (or a function returning an awaitable): run it on a
-        # private loop in this Dask worker thread, so CPU-bound async code never
-        # blocks the Dask worker's own event loop.
-        result = reporter.run_async(result)
-    return result
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-# ------------------------------------------------- what travels back, safely
-class _Carried(Exception):
-    """Carries a ``BaseException`` a body raised (``SystemExit``, ``KeyboardInterrupt``...).
-
-    Dask lets ``SystemExit`` and ``KeyboardInterrupt`` from a task shut the Dask
-    worker down, so the body's exception travels inside this one; the client
-    unwraps it (``_remote_only``), and the task fails with it as it would locally.
-    """
-
-
-def _fit_for_travel(exc: BaseException) -> BaseException:
-    """``exc``, or what to raise instead so that the client gets a clear error.
-
-    Dask sends a task's exception back by pickling it, after calling its
-    ``str()`` and ``repr()``; user code in any of these can raise (even a
-    ``BaseException``), which Dask reports confusingly or not at all. The
-    replacement keeps the remote traceback.
-    """
-    sent = exc if isinstance(exc, Exception) else _Carried(exc).with_traceback(exc.__traceback__)
-    problem = _travel_problem(sent)
-    if problem is None:
-        return sent
-    err = RuntimeError(
-        f"the task failed on the Dask worker with an exception that could not be sent back "
-        f"({problem}): {_describe(exc)}")
-    return err.with_traceback(exc.__traceback__)
-
-
-def _travel_problem(exc: BaseException) -> str | None:
-    """Why ``exc`` cannot travel to the client as itself (a round trip as Dask makes it), or None."""
-    try:
-        # As Dask's error_message() does: exceptions pickle with their traceback
-        # and causes, and tblib rebuilds some that plain pickle cannot.
-        tblib.pickling_support.install(exc, *collect_causes(exc))
-    except BaseException as why:  # a class whose __reduce_ex__ lookup raises, say
-        return f"preparing it for pickling raised {_describe(why)}"
-    steps: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-        ("its str()", str), ("its repr()", repr), ("pickling it", dask_pickle.dumps))
-    data: Any = exc
-    for what, step in steps:
-        try:
-            data = step(exc)
-        except BaseException as why:  # user code: anything can come out
-            return f"{what} raised {_describe(why)}"
-    try:
-        dask_pickle.loads(data)
-    except BaseException as why:
-        return f"unpickling it raised {_describe(why)}"
-    return None
-
-
-class _Result:
-    """A body's return value on its way back to the client.
-
-    Serialized by Dask with the functions below, which run Dask's own
-    serialization of the value but turn a failure on either side (pickling on
-    the Dask worker, unpickling in the client) into an ``_Unfetchable``:
-    otherwise a ``__reduce__`` raising ``KeyboardInterrupt`` kills the Dask
-    worker's connection, and the task would never finish.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class _Unfetchable:
-    """Stands for a result that could not be sent back or received: the task fails with ``message``."""
-
-    __slots__ = ("message", "pickling_error")
-
-    def __init__(self, message: str, pickling_error: bool) -> None:
-        self.message = message
-        self.pickling_error = pickling_error
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Unfetchable, (self.message, self.pickling_error))
-
-
-def _unfetchable(value_type: str, problem: str, why: BaseException) -> _Unfetchable:
-    cause = why.__cause__ or why  # serialize() wraps the pickling error in its own TypeError
-    return _Unfetchable(
-        f"the task finished on the Dask worker, but its result (a {value_type}) could not be "
-        f"{problem} {_describe(cause)}",
-        isinstance(cause, (TypeError, pickle.PicklingError)))
-
-
-def _serialize_result(result: _Result, context: Any = None) -> tuple[dict[str, Any], list[Any]]:
-    value = result.value
-    try:
-        header, frames = serialize(value, on_error="raise", context=context)
-    except BaseException as why:  # user __reduce__ code can raise anything
-        bad = _unfetchable(type(value).__qualname__, "sent back: pickling it raised", why)
-        return {"ok": False, "message": bad.message, "pickling": bad.pickling_error}, []
-    return {"ok": True, "value": header, "type": type(value).__qualname__}, frames
-
-
-def _deserialize_result(header: dict[str, Any], frames: list[Any]) -> _Result | _Unfetchable:
-    if not header.get("ok"):
-        return _Unfetchable(header["message"], header["pickling"])
-    try:
-        return _Result(deserialize(header["value"], frames))
-    except BaseException as why:  # user code (a loader) can raise anything
-        return _unfetchable(header["type"], "received: unpickling it raised", why)
-
-
-def _sizeof_result(result: _Result) -> int:
-    return int(sizeof(result.value))  # Dask's memory accounting sees the value itself
-
-
-dask_serialize.register(_Result)(_serialize_result)
-dask_deserialize.register(_Result)(_deserialize_result)
-sizeof.register(_Result)(_sizeof_result)
-
-
-__all__ = ["DaskExecutor", "PROGRESS_INTERVAL"]
+__all__ = ["DaskExecutor"]

@@ -46,7 +46,8 @@ except ImportError:  # pragma: no cover - the [dask] extra is part of [test]
         raise
     pytest.skip("distributed is not installed", allow_module_level=True)
 
-from task_worker._dask import PROGRESS_INTERVAL, DaskExecutor
+from task_worker._dask import DaskExecutor
+from task_worker._dask_remote import PROGRESS_INTERVAL
 from task_worker._executors import adapt_executor
 
 # Dask workers cannot import this test module: ship its functions by value.
@@ -284,7 +285,7 @@ def remote_always_dies() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# ------------------------------------- objects that resist travelling (issue 9)
+# ------------------------------------------- objects that resist travelling
 class LockHolder:
     """Holds a lock: pickling it raises TypeError."""
 
@@ -362,6 +363,22 @@ def test_importing_task_worker_does_not_import_dask() -> None:
         assert not bad, bad
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_dask_workers_run_bodies_without_importing_the_kernel_side() -> None:
+    # A cluster of its own: the module's Dask workers import this test module
+    # (which imports the kernel side) while they unpickle the other tests' bodies.
+    async with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                            dashboard_address=None, host="127.0.0.1",
+                            scheduler_kwargs=_NO_HTTP_PORT_8787, asynchronous=True) as fresh, \
+            Client(fresh, asynchronous=True, set_as_default=False) as client, \
+            AsyncTaskWorker(executor=client) as w:
+        # The body (a builtin, sent by reference) lists what its process imported.
+        tid = await w.add_task(
+            eval, "sorted(m for m in __import__('sys').modules if m.startswith('task_worker.'))")
+        loaded = await w.wait(tid, timeout=PATIENCE)
+    assert "task_worker._dask_remote" in loaded, loaded
+    assert "task_worker._dask" not in loaded, loaded  # DaskExecutor stays in the kernel
 
 
 def test_dask_executor_needs_a_client_and_is_one_per_client(sync_client: Client) -> None:
@@ -725,7 +742,7 @@ async def test_max_workers_bounds_tasks_in_flight_on_the_cluster(sync_client: Cl
             unsubscribe()
         assert w.stats().counts[TaskStatus.RUNNING] == 1
         assert w.stats().counts[TaskStatus.PENDING] == 2
-        assert len(DaskExecutor(sync_client)._jobs) <= 1
+        assert DaskExecutor(sync_client).in_flight <= 1
         gate.set()
         await w.join()
         assert [w.get_task_info(i).result for i in ids] == ["gate passed"] * 3  # type: ignore[union-attr]
