@@ -180,14 +180,21 @@ class TaskMagics(Magics):
         from IPython.display import display
 
         assert worker.loop is not None
-        output = ipywidgets.Output()
-        sink = TaskOutput(output, worker.loop)
+        # The widget comes once the worker accepted the task: a refused one creates
+        # nothing. The sink only touches its widget when it flushes, on the loop,
+        # which cannot run before this synchronous code returns.
+        sink = TaskOutput(None, worker.loop)
         try:
             with _worker_refusals("%%task"):
                 task_id = run_routed(sink, worker.add_task_nowait, runner, **options)
         except BaseException:
             sink.close()
-            output.close()
+            raise
+        try:
+            output = sink.widget = ipywidgets.Output()
+        except BaseException:
+            worker.cancel_task_nowait(task_id)
+            sink.close()
             raise
         try:
             view = self.views.create(worker, task_id, output, sink, show_result=show_result)

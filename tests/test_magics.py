@@ -208,12 +208,25 @@ def test_bad_option_raises_usage_error_and_no_task_is_created(ip: Any, line: str
 ])
 @pytest.mark.parametrize("widgets", [True, False])
 def test_values_are_checked_by_the_worker_and_its_message_is_the_usage_error(
-        ip: Any, line: str, worker_says: str, widgets: bool) -> None:
+        ip: Any, monkeypatch: pytest.MonkeyPatch, line: str, worker_says: str, widgets: bool) -> None:
+    import ipywidgets
+
+    made: list[Any] = []
+
+    class CountedOutput(ipywidgets.Output):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ipywidgets, "Output", CountedOutput)
     with extension(ip, widgets=widgets) as m:
         with pytest.raises(UsageError) as caught:
             ip.run_cell_magic("task", line, "1")
         assert str(caught.value) == f"%%task: {worker_says}"
         assert len(task_worker.get_worker()) == 0 and len(m.views) == 0
+        assert made == []  # not even a widget made and closed again
+        ip.run_cell_magic("task", "-n accepted", "1")  # the counter counts
+        assert len(made) == widgets
 
 
 @pytest.mark.parametrize("line, worker_says", [
