@@ -11,21 +11,16 @@ each task's result or traceback when it finishes, and one loop-lag heartbeat
 from __future__ import annotations
 
 import asyncio
-import os
 import traceback as _tb
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any
 
+from ._cellcode import user_traceback
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._worker import AsyncTaskWorker
-
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-#: The module whose frames run a %%task cell's code (the frame right after is the cell's).
-_RUNNER_FILE = os.path.join(_PKG_DIR, "_magics.py")
 
 #: A heartbeat that fires this much later than asked means the loop was blocked.
 STARVED_AFTER = 1.0
@@ -365,23 +360,4 @@ def _placeholder(value: Any, error: BaseException) -> str:
     return f"<{what} object at {id(value):#x}: its repr raised {type(error).__name__}>"
 
 
-def user_traceback(tb: TracebackType | None) -> TracebackType | None:
-    """The part of ``tb`` that is the user's: from the cell's own frame on.
-
-    The frames before it (the worker, the cell runner, and whoever re-raised the
-    stored exception since, e.g. ``await wait(...)``) mean nothing to the user.
-    """
-    after_runner = None
-    t = tb
-    while t is not None:
-        if t.tb_frame.f_code.co_filename == _RUNNER_FILE:
-            after_runner = t.tb_next
-        t = t.tb_next
-    if after_runner is not None:
-        return after_runner
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PKG_DIR):
-        tb = tb.tb_next
-    return tb
-
-
-__all__ = ["CellViews", "LoopLagMonitor", "TaskCellView", "format_result", "user_traceback"]
+__all__ = ["CellViews", "LoopLagMonitor", "TaskCellView", "format_result"]

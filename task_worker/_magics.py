@@ -1,98 +1,35 @@
 """``%%task``, ``%task`` and ``%tasks``: parse the line, make one call into the library.
 
 ``%%task`` compiles the cell at once (a ``SyntaxError`` or a bad option is
-reported before anything is created), hands a runner to the session worker with
+reported before any task is created), hands a runner to the session worker with
 ``add_task_nowait`` in a context routed to the cell's output area, and displays
-the task's view. The cell returns as soon as the task is queued.
+the task's view. The cell returns as soon as the task is queued. Values are
+checked by the worker; its ``TypeError``/``ValueError`` reach the user as a
+``UsageError`` with the worker's message.
 """
 
 from __future__ import annotations
-import __future__
 
-import ast
-import asyncio
-import inspect
 import keyword
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from types import CodeType
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import (
-    MagicArgumentParser,
-    argument,
-    magic_arguments,
-    parse_argstring,
-)
-from IPython.utils.text import dedent
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import _session
-from ._cellview import CellViews, user_traceback
-from ._figures import task_figures
-from ._namespace import DELETE_HELPER, LiveNamespaces, task_namespace
+from ._cellcode import cell_number, compile_cell, make_runner, user_traceback
+from ._cellview import CellViews
+from ._namespace import LiveNamespaces
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._table import text_table
 from ._worker import AsyncTaskWorker
 
-_FUTURE_FLAGS = 0
-for _feature in __future__.all_feature_names:
-    _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
-_COMPILE_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-
 #: Rows ``%task list`` prints unless told otherwise.
 LIST_LIMIT = 50
-
-
-# --------------------------------------------------------------------- compiling
-@dataclass(frozen=True)
-class CellCode:
-    """A cell body compiled for a task: the statements, then the final expression
-    (whose value is the task's result), both compiled from one source under one
-    filename that IPython maps back to the cell in tracebacks."""
-
-    body: CodeType | None
-    last: CodeType | None
-    is_async: bool
-    filename: str
-    #: The cell ends with ``;``: its value is not displayed (as in IPython).
-    quiet: bool
-
-    async def run_async(self, ns: dict[str, Any]) -> Any:
-        """Run in ``ns`` on the running loop and return the final expression's value."""
-        if self.body is not None:
-            ret = eval(self.body, ns)
-            if self.body.co_flags & inspect.CO_COROUTINE:
-                await ret
-        if self.last is None:
-            return None
-        value = eval(self.last, ns)
-        if self.last.co_flags & inspect.CO_COROUTINE:
-            value = await value
-        return value
-
-    def run_sync(self, ns: dict[str, Any]) -> Any:
-        """Run in ``ns`` (a body without top-level ``await``) and return the final value."""
-        if self.is_async:
-            # --thread with top-level await: the body gets its own loop in its thread.
-            return asyncio.run(self.run_async(ns))
-        if self.body is not None:
-            eval(self.body, ns)
-        return None if self.last is None else eval(self.last, ns)
-
-
-def cell_number(shell: Any) -> int:
-    """The number of the cell running now (``In[N]``).
-
-    IPython 9 increments ``execution_count`` before running a cell, older
-    versions after: the current ``ExecutionResult`` knows the right one.
-    """
-    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
-    count = getattr(result, "execution_count", None)
-    return count if isinstance(count, int) else int(shell.execution_count)
 
 
 def _unquote(text: str) -> str:
@@ -102,202 +39,29 @@ def _unquote(text: str) -> str:
     return text
 
 
-def compile_cell(shell: Any, cell: str) -> CellCode:
-    """Compile ``cell`` as IPython would, allowing top-level ``await``.
-
-    A top-level ``global`` statement is dropped (it changes nothing in a cell).
-    A top-level ``del x`` first asks the task namespace to remove ``x`` from the
-    notebook (see ``_namespace``).
-
-    Raises:
-        SyntaxError: the cell is not valid Python (after IPython's transforms).
-        UsageError: the cell needs something a task body cannot keep the rules
-            for (``global`` inside a function or class defined in it).
-    """
-    source = shell.transform_cell(cell)
-    filename = shell.compile.cache(source, cell_number(shell), raw_code=cell)
-    # Future imports of earlier cells apply, as in a normal cell; this module's do not.
-    flags = _COMPILE_FLAGS | (getattr(shell.compile, "flags", 0) & _FUTURE_FLAGS)
-    whole = compile(source, filename, "exec", flags=flags, dont_inherit=True)
-    tree = _TopLevelDel().visit(_TopLevelGlobals().visit(ast.parse(source, filename)))
-    _refuse_nested_global(tree)
-    nodes = tree.body
-    last = None
-    if nodes and isinstance(nodes[-1], ast.Expr):
-        last = compile(ast.Expression(nodes[-1].value), filename, "eval", flags=flags, dont_inherit=True)
-        nodes = nodes[:-1]
-    body = None
-    if nodes:
-        body = compile(ast.Module(nodes, type_ignores=[]), filename, "exec", flags=flags, dont_inherit=True)
-    try:
-        from IPython.core.displayhook import DisplayHook
-
-        quiet = bool(DisplayHook.semicolon_at_end_of_expression(source))
-    except Exception:  # tokenizer trouble: show the value
-        quiet = False
-    return CellCode(body, last, bool(whole.co_flags & inspect.CO_COROUTINE), filename, quiet)
-
-
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-
-
-class _TopLevelGlobals(ast.NodeTransformer):
-    """Replace the body's own ``global`` statements (not those of nested scopes) by ``pass``."""
-
-    def visit_Global(self, node: ast.Global) -> ast.AST:
-        return ast.copy_location(ast.Pass(), node)
-
-    def generic_visit(self, node: ast.AST) -> ast.AST:
-        if isinstance(node, _SCOPES):
-            return node
-        return super().generic_visit(node)
-
-
-class _TopLevelDel(ast.NodeTransformer):
-    """``del a, b[0]`` at the top level of the body (not in nested scopes) becomes
-    ``if __task_worker_del__('a'): del a`` then ``del b[0]``: the task namespace
-    removes ``a`` from the notebook and says whether the ``del`` must still run."""
-
-    def visit_Delete(self, node: ast.Delete) -> list[ast.stmt]:
-        stmts: list[ast.stmt] = []
-        for target in _flat_targets(node.targets):
-            if isinstance(target, ast.Name):
-                helper = ast.Call(ast.Name(DELETE_HELPER, ast.Load()), [ast.Constant(target.id)], [])
-                stmt: ast.stmt = ast.If(helper, [ast.Delete([target])], [])
-            else:
-                stmt = ast.Delete([target])
-            stmts.append(ast.fix_missing_locations(ast.copy_location(stmt, target)))
-        return stmts
-
-    def generic_visit(self, node: ast.AST) -> ast.AST:
-        if isinstance(node, _SCOPES):
-            return node
-        return super().generic_visit(node)
-
-
-def _flat_targets(targets: list[ast.expr]) -> list[ast.expr]:
-    # `del (a, [b, c])` deletes a, b, c in that order.
-    flat: list[ast.expr] = []
-    for target in targets:
-        if isinstance(target, (ast.Tuple, ast.List)):
-            flat.extend(_flat_targets(target.elts))
-        else:
-            flat.append(target)
-    return flat
-
-
-def _refuse_nested_global(tree: ast.Module) -> None:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Global):  # top-level ones are gone: this one is nested
-            raise UsageError(
-                f"%%task: line {node.lineno}: `global {', '.join(node.names)}` inside a function "
-                "or class defined in a task body is not supported: called after the task "
-                "ended, it would assign the task's namespace, not the notebook's. Define that "
-                "function in a normal cell, or return the value and assign it at the top level "
-                "of the body.")
-
-
-def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, name: str,
-                out: str | None, live: LiveNamespaces | None = None,
-                loop: asyncio.AbstractEventLoop | None = None) -> Callable[..., Any]:
-    """The task function for a compiled cell: a coroutine function (runs on the loop)
-    or a plain one (runs in a worker thread), named ``name``.
-
-    The body runs in its own ``TaskNamespace`` over ``user_ns`` (made now, in the
-    submitting cell), which is finished when the body ends, whatever the outcome.
-    With ``live``, the namespace is synced to ``user_ns`` while the body runs
-    (a thread body needs ``loop``, the worker's loop, for the periodic sync).
-    """
-    ns = task_namespace(user_ns)
-    if live is None:
-        live = LiveNamespaces()  # a private one: syncs only on the periodic tick and at the end
-    runner: Callable[..., Any]
-    if run_async:
-        async def run_cell_async() -> Any:
-            try:
-                live.start(ns, asyncio.get_running_loop())
-                with task_figures():  # its pyplot figures: its own, shown in its area
-                    value = await code.run_async(ns)
-            finally:
-                live.finish(ns)
-            if out is not None:
-                user_ns[out] = value
-            return value
-
-        runner = run_cell_async
-    else:
-        def run_cell_in_thread() -> Any:
-            try:  # start inside: a cancellation injected right away must not leave it running
-                live.start(ns, loop)
-                with task_figures():
-                    value = code.run_sync(ns)
-            finally:
-                live.finish(ns)
-            if out is not None:
-                user_ns[out] = value
-            return value
-
-        runner = run_cell_in_thread
-    runner.__name__ = runner.__qualname__ = name
-    return runner
-
-
-# ---------------------------------------------------------------------- options
-@magic_arguments(name="%task")  # type: ignore[untyped-decorator]
-@argument("-p", "--priority", type=int, default=0,
-          help="Lower runs first (default 0).")  # type: ignore[untyped-decorator]
-@argument("-n", "--name", default=None,
-          help="The task's name. %%task cancel/result and task_worker.wait take a name to mean "
-               "the newest task with that name (after a re-run, the new run).")  # type: ignore[untyped-decorator]
-@argument("-t", "--timeout", type=float, default=None, metavar="SECONDS",
-          help="Stop the task after this many seconds (it ends failed with TimeoutError).")  # type: ignore[untyped-decorator]
-@argument("-o", "--out", default=None, metavar="VAR",
-          help="On success, store the result in the user namespace as VAR.")  # type: ignore[untyped-decorator]
-@argument("--thread", action="store_true",
-          help="Run the body in a worker thread (default for a body without top-level await).")  # type: ignore[untyped-decorator]
-@argument("--async", dest="run_async", action="store_true",
-          help="Run the body as a coroutine on the kernel's loop (default with top-level await).")  # type: ignore[untyped-decorator]
-def _cell_options() -> None:
-    """%%task [options]: run the cell in the background as a task of the session worker.
-
-    The cell returns at once and shows the task's view: status, progress,
-    elapsed time, a Cancel button and the task's own output area. Names the
-    body assigns are its own (another task cannot change them) and reach the
-    user namespace before each cell you run, about every 0.1 s while the body
-    runs, and when it ends; the value of a final expression is the
-    task's result. Inside the body, ``task_worker.report_progress(x)`` and
-    ``task_worker.tqdm`` drive the progress bar. Get the result later with
-    ``await task_worker.wait(NAME)`` or ``%task result NAME``.
-    """
-
-
-def _line_parser() -> MagicArgumentParser:
-    parser = MagicArgumentParser(
-        prog="task",
-        description="Manage the session's background tasks (see also %%task and %tasks).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    lst = sub.add_parser("list", help="Print a table of tasks, newest first.",
-                         description="Print a table of tasks, newest first.")
-    lst.add_argument("-s", "--status", action="append", default=None,
-                     help="Only tasks with this status (repeatable).")
-    lst.add_argument("-l", "--limit", type=int, default=LIST_LIMIT,
-                     help=f"At most this many rows (default {LIST_LIMIT}; 0 for all).")
-    cancel = sub.add_parser("cancel", help="Cancel tasks by name or id, or --all.",
-                            description="Cancel pending or running tasks by name or id.")
-    cancel.add_argument("tasks", nargs="*", metavar="NAME_OR_ID")
-    cancel.add_argument("--all", action="store_true", help="Cancel every pending and running task.")
-    result = sub.add_parser("result", help="Show a task's result, or its error with traceback.",
-                            description="Show a task's result, or its error with traceback.")
-    result.add_argument("task", metavar="NAME_OR_ID")
-    config = sub.add_parser(
-        "config", help="Show or set max_workers=N and timeout=SECONDS (or none).",
-        description="Show the worker's settings, or set them: max_workers=N timeout=SECONDS|none.")
-    config.add_argument("settings", nargs="*", metavar="KEY=VALUE")
-    return parser
-
-
 def _wants_help(tokens: list[str]) -> bool:
     return any(t in ("-h", "--help") for t in tokens)
+
+
+@contextmanager
+def _worker_refusals(what: str) -> Iterator[None]:
+    """Turn the worker's ``TypeError``/``ValueError`` (a bad value) into a ``UsageError``."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def cancel_all(worker: AsyncTaskWorker) -> list[str]:
+    """Cancel every pending, then every running task of ``worker`` without waiting
+    (pending first: none of them can start in a slot a cancelled one frees).
+    Returns the ids asked to cancel."""
+    cancelled: list[str] = []
+    for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        for info in worker.get_all_tasks(status=status):
+            if worker.cancel_task_nowait(info.id):
+                cancelled.append(info.id)
+    return cancelled
 
 
 # ----------------------------------------------------------------------- magics
@@ -326,18 +90,46 @@ class TaskMagics(Magics):
         self.live = LiveNamespaces()
         #: Dashboards shown by ``%tasks`` (closed on unload).
         self.dashboards: list[Any] = []
-        self._parser = _line_parser()
+        #: ``%task COMMAND``: the method that parses and runs it.
+        self._commands: dict[str, Any] = {
+            "list": self._task_list, "cancel": self._task_cancel,
+            "result": self._task_result, "config": self._task_config,
+        }
 
     # ------------------------------------------------------------ %%task / %task
+    @magic_arguments(name="%task")  # type: ignore[untyped-decorator]
+    @argument("-p", "--priority", type=int, default=0,
+              help="Lower runs first (default 0).")  # type: ignore[untyped-decorator]
+    @argument("-n", "--name", default=None,
+              help="The task's name. %%task cancel/result and task_worker.wait take a name to mean "
+                   "the newest task with that name (after a re-run, the new run).")  # type: ignore[untyped-decorator]
+    @argument("-t", "--timeout", type=float, default=None, metavar="SECONDS",
+              help="Stop the task after this many seconds (it ends failed with TimeoutError).")  # type: ignore[untyped-decorator]
+    @argument("-o", "--out", default=None, metavar="VAR",
+              help="On success, store the result in the user namespace as VAR.")  # type: ignore[untyped-decorator]
+    @argument("--thread", action="store_true",
+              help="Run the body in a worker thread (default for a body without top-level await).")  # type: ignore[untyped-decorator]
+    @argument("--async", dest="run_async", action="store_true",
+              help="Run the body as a coroutine on the kernel's loop (default with top-level await).")  # type: ignore[untyped-decorator]
     @line_cell_magic
     def task(self, line: str, cell: str | None = None) -> Any:
-        """Run a cell as a background task (``%%task``), or manage tasks (``%task``).
+        """%%task [options]: run the cell in the background as a task of the session worker.
 
-        %task list [-s STATUS] [-l N]     table of tasks, newest first
-        %task cancel NAME_OR_ID ...       cancel tasks (``--all``: every active task)
-        %task result NAME_OR_ID           the result, or the error with its traceback
-        %task config [max_workers=N] [timeout=SECONDS|none]
-        %task -h, %%task -h               help
+        The cell returns at once and shows the task's view: status, progress,
+        elapsed time, a Cancel button and the task's own output area. Names the
+        body assigns are its own (another task cannot change them) and reach the
+        user namespace before each cell you run, about every 0.1 s while the body
+        runs, and when it ends; the value of a final expression is the
+        task's result. Inside the body, ``task_worker.report_progress(x)`` and
+        ``task_worker.tqdm`` drive the progress bar. Get the result later with
+        ``await task_worker.wait(NAME)`` or ``%task result NAME``.
+
+        %task manages the tasks (``%task COMMAND -h`` for a command's options):
+
+          %task list [-s STATUS] [-l N]     table of tasks, newest first
+          %task cancel NAME_OR_ID ...       cancel tasks (``--all``: every active task)
+          %task result NAME_OR_ID           the result, or the error with its traceback
+          %task config [max_workers=N] [timeout=SECONDS|none]
         """
         if cell is None:
             return self._task_line(line)
@@ -345,13 +137,11 @@ class TaskMagics(Magics):
 
     def _task_cell(self, line: str, cell: str) -> None:
         if _wants_help(line.split()):
-            print(_cell_options.parser.format_help())
+            print(self.task.parser.format_help())
             return
-        args = parse_argstring(_cell_options, line)
+        args = parse_argstring(self.task, line)
         if args.thread and args.run_async:
             raise UsageError("%%task: --thread and --async exclude each other")
-        if args.timeout is not None and (not math.isfinite(args.timeout) or args.timeout <= 0):
-            raise UsageError(f"%%task: --timeout must be a positive number of seconds, got {args.timeout}")
         if args.name is not None:
             args.name = _unquote(args.name)
         if args.name is not None and not args.name.strip():
@@ -376,7 +166,8 @@ class TaskMagics(Magics):
                       "mode": "async" if run_async else "thread"},
         )
         if not self.widgets:
-            task_id = worker.add_task_nowait(runner, **options)
+            with _worker_refusals("%%task"):
+                task_id = worker.add_task_nowait(runner, **options)
             print(f"task {name!r} (id {task_id}) submitted; "
                   f"`%task list`, `%task result {name}`, `await task_worker.wait({name!r})`")
             return None
@@ -389,13 +180,21 @@ class TaskMagics(Magics):
         from IPython.display import display
 
         assert worker.loop is not None
-        output = ipywidgets.Output()
-        sink = TaskOutput(output, worker.loop)
+        # The widget comes once the worker accepted the task: a refused one creates
+        # nothing. The sink only touches its widget when it flushes, on the loop,
+        # which cannot run before this synchronous code returns.
+        sink = TaskOutput(None, worker.loop)
         try:
-            task_id = run_routed(sink, worker.add_task_nowait, runner, **options)
+            with _worker_refusals("%%task"):
+                task_id = run_routed(sink, worker.add_task_nowait, runner, **options)
         except BaseException:
             sink.close()
-            output.close()
+            raise
+        try:
+            output = sink.widget = ipywidgets.Output()
+        except BaseException:
+            worker.cancel_task_nowait(task_id)
+            sink.close()
             raise
         try:
             view = self.views.create(worker, task_id, output, sink, show_result=show_result)
@@ -420,35 +219,26 @@ class TaskMagics(Magics):
         return worker
 
     def _task_line(self, line: str) -> Any:
-        tokens = line.split()
-        if not tokens or tokens[0] in ("-h", "--help"):
-            print(self._parser.format_help())
+        command, _, rest = line.strip().partition(" ")
+        if not command or command in ("-h", "--help"):
+            print(self._line_help())
             return None
-        if _wants_help(tokens):
-            sub = self._parser._subparsers._group_actions[0].choices.get(tokens[0])  # type: ignore[union-attr]
-            print((sub or self._parser).format_help())
+        method = self._commands.get(command)
+        if method is None:
+            raise UsageError(f"%task: unknown command {command!r} (one of {', '.join(self._commands)}; "
+                             "%task -h for help)")
+        if _wants_help(rest.split()):
+            print(method.parser.format_help())
             return None
-        args = self._parser.parse_argstring(line)
-        worker = self._worker()
-        if args.command == "list":
-            if args.limit < 0:
-                raise UsageError(f"%task list: --limit must be >= 0, got {args.limit}")
-            try:
-                statuses = None if args.status is None else [TaskStatus.parse(s) for s in args.status]
-            except ValueError as exc:
-                raise UsageError(f"%task list: {exc}") from None
-            infos = worker.get_all_tasks(status=statuses, limit=args.limit or None)
-            counts = worker.stats().counts
-            matching = len(worker) if statuses is None else sum(counts[s] for s in set(statuses))
-            print(text_table(infos, total=matching))
-            return None
-        if args.command == "cancel":
-            return self._cancel(worker, args.tasks, args.all)
-        if args.command == "result":
-            return self._result(worker, args.task)
-        if args.command == "config":
-            return self._config(worker, args.settings)
-        raise UsageError(f"%task: unknown command {args.command!r}")  # pragma: no cover
+        return method(rest)
+
+    def _line_help(self) -> str:
+        lines = ["Manage the session's background tasks (see also %%task and %tasks).", ""]
+        for method in self._commands.values():
+            usage = " ".join(method.parser.format_usage().replace("::", "").split())  # one line
+            lines.append(f"  {usage}\n      {method.parser.description.strip().splitlines()[0]}")
+        lines.append("\n%task COMMAND -h shows a command's options.")
+        return "\n".join(lines)
 
     def _resolve(self, worker: AsyncTaskWorker, name_or_id: str) -> str:
         try:
@@ -456,18 +246,48 @@ class TaskMagics(Magics):
         except KeyError:
             raise UsageError(f"no task with id or name {name_or_id!r} (see %task list)") from None
 
-    def _cancel(self, worker: AsyncTaskWorker, names: list[str], everything: bool) -> None:
-        if everything == bool(names):
+    @magic_arguments(name="task list")  # type: ignore[untyped-decorator]
+    @argument("-s", "--status", action="append", default=None,
+              help="Only tasks with this status (repeatable).")  # type: ignore[untyped-decorator]
+    @argument("-l", "--limit", type=int, default=LIST_LIMIT,
+              help=f"At most this many rows (default {LIST_LIMIT}; 0 for all).")  # type: ignore[untyped-decorator]
+    def _task_list(self, line: str) -> None:
+        """Print a table of tasks, newest first."""
+        args = parse_argstring(self._task_list, line)
+        worker = self._worker()
+        with _worker_refusals("%task list"):
+            infos = worker.get_all_tasks(status=args.status, limit=args.limit or None)
+        if args.status is None:
+            matching = len(worker)
+        else:  # the worker accepted them: they parse
+            counts = worker.stats().counts
+            matching = sum(counts[s] for s in {TaskStatus.parse(s) for s in args.status})
+        print(text_table(infos, total=matching))
+
+    @magic_arguments(name="task cancel")  # type: ignore[untyped-decorator]
+    @argument("tasks", nargs="*", metavar="NAME_OR_ID")  # type: ignore[untyped-decorator]
+    @argument("--all", action="store_true",
+              help="Cancel every pending and running task.")  # type: ignore[untyped-decorator]
+    def _task_cancel(self, line: str) -> None:
+        """Cancel pending or running tasks by name or id, or --all."""
+        args = parse_argstring(self._task_cancel, line)
+        if args.all == bool(args.tasks):
             raise UsageError("%task cancel: give task names or ids, or --all (not both)")
-        if everything:
-            ids = [i.id for i in worker.get_all_tasks(status=(TaskStatus.PENDING, TaskStatus.RUNNING))]
+        worker = self._worker()
+        if args.all:
+            cancelled = cancel_all(worker)
         else:
-            ids = [self._resolve(worker, n) for n in names]  # all resolved before any is cancelled
-        cancelled = [i for i in ids if worker.cancel_task_nowait(i)]
+            ids = [self._resolve(worker, n) for n in args.tasks]  # all resolved before any is cancelled
+            cancelled = [i for i in ids if worker.cancel_task_nowait(i)]
         print(f"cancelled {len(cancelled)} task(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
 
-    def _result(self, worker: AsyncTaskWorker, name_or_id: str) -> Any:
-        info = worker.get_task_info(self._resolve(worker, name_or_id))
+    @magic_arguments(name="task result")  # type: ignore[untyped-decorator]
+    @argument("task", metavar="NAME_OR_ID")  # type: ignore[untyped-decorator]
+    def _task_result(self, line: str) -> Any:
+        """Show a task's result, or its error with traceback."""
+        args = parse_argstring(self._task_result, line)
+        worker = self._worker()
+        info = worker.get_task_info(self._resolve(worker, args.task))
         assert info is not None
         status = info.status
         if status is TaskStatus.COMPLETED:
@@ -486,37 +306,46 @@ class TaskMagics(Magics):
               f"`await task_worker.wait({info.id!r})` waits for it")
         return None
 
-    def _config(self, worker: AsyncTaskWorker, settings: list[str]) -> None:
+    @magic_arguments(name="task config")  # type: ignore[untyped-decorator]
+    @argument("settings", nargs="*", metavar="KEY=VALUE",
+              help="max_workers=N, timeout=SECONDS or timeout=none.")  # type: ignore[untyped-decorator]
+    def _task_config(self, line: str) -> None:
+        """Show the worker's settings, or set them: max_workers=N timeout=SECONDS|none."""
+        args = parse_argstring(self._task_config, line)
         changes: dict[str, Any] = {}
-        for item in settings:
+        for item in args.settings:
             key, sep, value = item.partition("=")
             if not sep:
                 raise UsageError(f"%task config: expected KEY=VALUE, got {item!r}")
-            if key == "max_workers":
-                try:
-                    n = int(value)
-                except ValueError:
-                    raise UsageError(f"%task config: max_workers needs an int, got {value!r}") from None
-                if n < 1:
-                    raise UsageError(f"%task config: max_workers must be at least 1, got {n}")
-                changes["max_workers"] = n
-            elif key == "timeout":
-                if value.lower() in ("none", ""):
-                    changes["task_timeout"] = None
-                    continue
-                try:
-                    t = float(value)
-                except ValueError:
-                    raise UsageError(f"%task config: timeout needs seconds or none, got {value!r}") from None
-                if not math.isfinite(t) or t <= 0:
-                    raise UsageError(f"%task config: timeout must be positive, got {value!r}")
-                changes["task_timeout"] = t
-            else:
-                raise UsageError(f"%task config: unknown setting {key!r} (max_workers, timeout)")
-        for attr, value in changes.items():  # all validated: apply
-            setattr(worker, attr, value)
+            try:
+                if key == "max_workers":
+                    changes["max_workers"] = int(value)
+                elif key == "timeout":
+                    changes["task_timeout"] = None if value.lower() in ("none", "") else float(value)
+                else:
+                    raise UsageError(f"%task config: unknown setting {key!r} (max_workers, timeout)")
+            except ValueError:
+                raise UsageError(f"%task config: {key} needs a number, got {value!r}") from None
+        worker = self._worker()
+        self._configure(worker, changes)
         timeout = "none" if worker.task_timeout is None else f"{worker.task_timeout:g}"
         print(f"max_workers={worker.max_workers} timeout={timeout}")
+
+    @staticmethod
+    def _configure(worker: AsyncTaskWorker, changes: dict[str, Any]) -> None:
+        """Apply all of ``changes`` or none: the timeout first (it only affects tasks
+        added later, so it can be put back), ``max_workers`` last (a larger value
+        starts waiting tasks at once)."""
+        old_timeout = worker.task_timeout
+        with _worker_refusals("%task config"):
+            try:
+                if "task_timeout" in changes:
+                    worker.task_timeout = changes["task_timeout"]
+                if "max_workers" in changes:
+                    worker.max_workers = changes["max_workers"]
+            except (TypeError, ValueError):
+                worker.task_timeout = old_timeout
+                raise
 
     # ------------------------------------------------------------------- %tasks
     @line_magic
@@ -547,8 +376,4 @@ class TaskMagics(Magics):
         self.views.close_all()
 
 
-TaskMagics.task.__doc__ = dedent(TaskMagics.task.__doc__ or "") + "\n" + (
-    _cell_options.parser.format_help())
-
-
-__all__ = ["CellCode", "TaskMagics", "compile_cell", "make_runner"]
+__all__ = ["TaskMagics", "cancel_all"]

@@ -14,7 +14,7 @@ operations through it instead of the fast exact-dict paths:
   the body deleted (if the notebook still holds the value copied). A sync runs
   before every cell the user runs, about every ``SYNC_INTERVAL`` seconds while
   bodies run (``LiveNamespaces``), and when the body ends (``finish()``).
-- ``del x`` at the top level of a body is compiled (see ``_magics``) as
+- ``del x`` at the top level of a body is compiled (see ``_cellcode``) as
   ``if __task_worker_del__('x'): del x``: the helper removes ``x`` from the
   notebook at once, and the ``del`` runs when the task holds ``x`` itself (or
   nobody does: the usual ``NameError``, raised from the cell's own line).

@@ -205,7 +205,8 @@ class TaskOutput:
     the widget is only touched on ``loop``'s thread.
 
     Args:
-        widget: The ``ipywidgets.Output`` to fill (only its ``outputs`` trait is used).
+        widget: The ``ipywidgets.Output`` to fill (only its ``outputs`` trait is used);
+            it may be set later, as ``self.widget``, until the loop first flushes.
         loop: The loop whose thread owns the widget.
         interval: Seconds between two widget updates at most.
     """

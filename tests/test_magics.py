@@ -203,6 +203,101 @@ def test_bad_option_raises_usage_error_and_no_task_is_created(ip: Any, line: str
         assert len(task_worker.get_worker()) == 0
 
 
+@pytest.mark.parametrize("line, worker_says", [
+    ("-t -1", "timeout must be a positive, finite number of seconds, got -1.0"),
+    ("-t nan", "timeout must be a positive, finite number of seconds, got nan"),
+])
+@pytest.mark.parametrize("widgets", [True, False])
+def test_values_are_checked_by_the_worker_and_its_message_is_the_usage_error(
+        ip: Any, monkeypatch: pytest.MonkeyPatch, line: str, worker_says: str, widgets: bool) -> None:
+    import ipywidgets
+
+    made: list[Any] = []
+
+    class CountedOutput(ipywidgets.Output):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ipywidgets, "Output", CountedOutput)
+    with extension(ip, widgets=widgets) as m:
+        with pytest.raises(UsageError) as caught:
+            ip.run_cell_magic("task", line, "1")
+        assert str(caught.value) == f"%%task: {worker_says}"
+        assert len(task_worker.get_worker()) == 0 and len(m.views) == 0
+        assert made == []  # not even a widget made and closed again
+        ip.run_cell_magic("task", "-n accepted", "1")  # the counter counts
+        assert len(made) == widgets
+
+
+@pytest.mark.parametrize("line, worker_says", [
+    ("list -l -1", "%task list: limit must be a non-negative int or None, got -1"),
+    ("list -s nonsense", "%task list: unknown task status 'nonsense'"),
+    ("config timeout=-1", "%task config: task_timeout must be a positive, finite number of seconds"),
+    ("config max_workers=0", "%task config: max_workers must be at least 1, got 0"),
+])
+def test_task_commands_pass_values_to_the_worker_and_show_its_refusal(
+        ip: Any, line: str, worker_says: str) -> None:
+    with extension(ip):
+        with pytest.raises(UsageError) as caught:
+            ip.run_line_magic("task", line)
+        assert str(caught.value).startswith(worker_says)
+
+
+def test_config_changes_nothing_when_the_worker_refuses_a_later_setting(ip: Any) -> None:
+    with extension(ip):
+        worker = task_worker.get_worker()
+        before = (worker.max_workers, worker.task_timeout)
+        for bad in ("timeout=5 max_workers=0", "max_workers=0 timeout=5", "timeout=5 max_workers=x"):
+            with pytest.raises(UsageError):
+                ip.run_line_magic("task", f"config {bad}")
+            assert (worker.max_workers, worker.task_timeout) == before
+
+
+def test_options_are_declared_on_the_magic_and_each_command_on_its_method(
+        ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # IPython's %%script way: the parser hangs on the magic, whose help is its docstring.
+    assert "--priority" in TaskMagics.task.parser.format_help()
+    assert TaskMagics.task.__doc__ == TaskMagics.task.parser.format_help()
+    with extension(ip):
+        for command, option in (("list", "--status"), ("cancel", "--all"), ("result", "NAME_OR_ID"),
+                                ("config", "KEY=VALUE")):
+            ip.run_line_magic("task", f"{command} -h")
+            out = capsys.readouterr().out
+            assert f"%task {command}" in out and option in out
+        ip.run_line_magic("task", "-h")
+        overview = capsys.readouterr().out
+        assert all(f"%task {c}" in overview for c in ("list", "cancel", "result", "config"))
+        assert len(task_worker.get_worker()) == 0
+
+
+def test_cancel_all_cancels_pending_tasks_before_running_ones(ip: Any) -> None:
+    from task_worker._magics import cancel_all
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        worker = task_worker.AsyncTaskWorker(max_workers=1)
+        started = asyncio.Event()
+
+        async def body() -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        async with worker:
+            # The later task runs first (lower priority value): newest-first order
+            # would cancel the running one before the pending one.
+            waiting = worker.add_task_nowait(body, priority=10, task_id="waiting")
+            running = worker.add_task_nowait(body, priority=0, task_id="running")
+            await started.wait()
+            order = cancel_all(worker)
+            for task_id in (waiting, running):
+                with pytest.raises(asyncio.CancelledError):
+                    await worker.wait(task_id)
+            return order, [running, waiting]
+
+    order, (running, waiting) = get_asyncio_loop().run_until_complete(scenario())
+    assert order == [waiting, running]
+
+
 def test_failure_shows_traceback_naming_the_cell_line(ip: Any) -> None:
     with extension(ip) as m:
         ip.run_cell_magic("task", "-n boom", "a = 1\nb = 0\na / b\n")
@@ -239,9 +334,10 @@ def test_print_stderr_and_display_from_a_thread_body_go_to_the_task_area(
 def test_late_output_after_the_cell_finished_goes_to_the_task_area_only(
         ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with extension(ip) as m:
-        ip.run_cell("ev = asyncio.Event()")
-        ip.run_cell_magic("task", "-n late", "print('early')\nawait ev.wait()\nprint('late output')")
-        ip.run_cell("await asyncio.sleep(0)")  # the task starts and waits
+        ip.run_cell("ev = asyncio.Event()\nlate_started = asyncio.Event()")
+        ip.run_cell_magic("task", "-n late",
+                          "print('early')\nlate_started.set()\nawait ev.wait()\nprint('late output')")
+        ip.run_cell("await late_started.wait()")  # the task started and waits
         ip.run_cell("print('another cell')")
         ip.run_cell("ev.set()\nawait task_worker.wait('late')")
         assert text_of(outputs(m, "late")) == "early\nlate output\n"
@@ -625,9 +721,10 @@ def test_names_reach_the_notebook_whatever_the_outcome(ip: Any) -> None:
         ip.run_cell_magic("task", "-n fails",
                           "before_failure = 1\nglobals().update(via_update=2)\n1 / 0")
         assert finish("fails").status == "failed"
+        ip.run_cell("cancelled_started = asyncio.Event()")
         ip.run_cell_magic("task", "-n cancelled",
-                          "before_cancel = 3\nawait asyncio.sleep(60)")
-        ip.run_cell("await asyncio.sleep(0)")  # it starts
+                          "before_cancel = 3\ncancelled_started.set()\nawait asyncio.sleep(60)")
+        ip.run_cell("await cancelled_started.wait()").raise_error()  # it started
         ip.run_line_magic("task", "cancel cancelled")
         assert finish("cancelled").status == "cancelled"
     assert (ip.user_ns["before_failure"], ip.user_ns["via_update"], ip.user_ns["before_cancel"]) == (1, 2, 3)
