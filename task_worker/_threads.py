@@ -231,11 +231,11 @@ class ThreadBodies:
         pool.submit(ctx.run, run.main, loop, func, args, kwargs)
         return run
 
-    async def wait(self, run: ThreadRun) -> tuple[bool, Any]:
+    async def wait(self, run: ThreadRun, inject_after: float = INJECT_AFTER) -> tuple[bool, Any]:
         """``(True, result)`` or ``(False, exception)`` of ``run``.
 
         Cancelled, it asks the body to stop, interrupts its thread after
-        ``INJECT_AFTER`` seconds, and keeps waiting (holding the worker slot, so
+        ``inject_after`` seconds, and keeps waiting (holding the worker slot, so
         that no more than ``max_workers`` bodies ever run) until the body
         returns; cancelled again, it abandons the body (which keeps counting in
         ``abandoned`` until it returns) and re-raises.
@@ -244,7 +244,7 @@ class ThreadBodies:
             return await asyncio.shield(run.done)
         except asyncio.CancelledError:
             run.request_stop()
-            run.done.get_loop().call_later(INJECT_AFTER, run.inject)
+            run.done.get_loop().call_later(inject_after, run.inject)
             try:
                 await asyncio.shield(run.done)
             except asyncio.CancelledError:

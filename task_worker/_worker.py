@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
 from ._history import TaskTable, cutoff_for
 from ._info import TaskInfo
+from ._interrupt import INJECT_AFTER
 from ._progress import check_fraction, current_sink
 from ._record import IS_ASYNC, SEQ_BITS, SEQ_MASK, STEPPED, WANTS_PROGRESS, CancelReason, TaskRecord
 from ._registry import registered_name, resolve
@@ -575,7 +576,7 @@ class AsyncTaskWorker:
                 else:
                     assert self._loop is not None
                     run = rec.thread = self._threads.start(self._loop, func, args, kwargs or {})
-                    ok, result = await self._threads.wait(run)
+                    ok, result = await self._threads.wait(run, INJECT_AFTER)
                     if not ok:
                         # Raised and caught in this frame: a StopIteration stays one
                         # (out of a coroutine it would become a RuntimeError).
