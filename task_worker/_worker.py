@@ -1,4 +1,6 @@
-"""``AsyncTaskWorker``: the priority queue, the bounded pool and the task lifecycle."""
+"""``AsyncTaskWorker``: its lifecycle, adding, dispatching and running tasks, stopping
+them (cancel, timeout, stop), and waiting. Its data structures live in ``_history``
+(the task table, with the pending queue of ``_queue``) and ``_threads`` (sync bodies)."""
 
 from __future__ import annotations
 
@@ -7,29 +9,29 @@ import contextvars
 import inspect
 import itertools
 import logging
-import math
-import os
 import secrets
 import sys
 import threading
 import time
-import traceback as _tb
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import timedelta
-from types import (
-    BuiltinFunctionType,
-    CoroutineType,
-    FunctionType,
-    MappingProxyType,
-    MethodType,
-    TracebackType,
-)
+from types import CoroutineType, FunctionType, MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 
+from ._checks import (
+    check_limit,
+    check_max_history,
+    check_max_workers,
+    check_timeout,
+    flags_for,
+    func_flags,
+    parse_statuses,
+)
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
 from ._history import TaskTable, cutoff_for
 from ._info import TaskInfo
 from ._interrupt import INJECT_AFTER
+from ._outcome import error_message, format_traceback, outcome
 from ._progress import check_fraction, current_sink
 from ._record import IS_ASYNC, SEQ_BITS, SEQ_MASK, STEPPED, WANTS_PROGRESS, CancelReason, TaskRecord
 from ._registry import registered_name, resolve
@@ -39,7 +41,6 @@ from ._threads import ThreadBodies
 logger = logging.getLogger("task_worker")
 
 _PY311 = sys.version_info >= (3, 11)
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
 _PENDING = TaskStatus.PENDING
 _RUNNING = TaskStatus.RUNNING
@@ -53,88 +54,8 @@ _CANCELLED_BY_USER = CancelReason.CANCELLED
 _TIMED_OUT = CancelReason.TIMED_OUT
 _WORKER_STOPPED = CancelReason.WORKER_STOPPED
 _now = time.time
-
-# Per-function facts, looked up on every add_task: (flags). Bounded so that
-# re-run notebook cells defining new functions cannot grow it forever. Keys are
-# functions only: a bound method is cached by its function and a partial or a
-# callable object is not cached, so the cache never keeps a user's object alive.
-_func_flags: dict[Any, int] = {}
-
-
-def _flags_for(func: Callable[..., Any]) -> int:
-    key: Any = func.__func__ if type(func) is MethodType else func
-    try:
-        return _func_flags[key]
-    except (KeyError, TypeError):
-        pass
-    flags = IS_ASYNC if inspect.iscoroutinefunction(func) else 0
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    if "progress_callback" in params:
-        flags |= WANTS_PROGRESS
-    if type(key) in _CACHEABLE:
-        if len(_func_flags) >= 4096:
-            _func_flags.clear()
-        _func_flags[key] = flags
-    return flags
-
-
-_CACHEABLE = (FunctionType, BuiltinFunctionType)
-
-
-def _check_timeout(timeout: object, what: str) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
-    value = float(timeout)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive, finite number of seconds, got {timeout!r}")
-    return value
-
-
-def _check_limit(limit: object) -> int | None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-    return limit
-
-
-def _check_max_workers(max_workers: object) -> int:
-    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-        raise TypeError(f"max_workers must be an int, got {max_workers!r}")
-    if max_workers < 1:
-        raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
-    return max_workers
-
-
-def _type_name(exc: BaseException) -> str:
-    try:
-        return str(type(exc).__name__)
-    except BaseException:  # a metaclass with a hostile __getattribute__
-        return "exception"
-
-
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` without the worker's own frames. Never raises."""
-    try:
-        te = _tb.TracebackException(type(exc), exc, exc.__traceback__)
-        frames = [f for f in te.stack if not f.filename.startswith(_PKG_DIR)]
-        te.stack = _tb.StackSummary.from_list(frames)
-        return "".join(te.format())
-    except BaseException:  # formatting runs user code (__str__, __notes__ ...)
-        return f"{_type_name(exc)}: <its traceback could not be formatted>\n"
-
-
-def _error_message(exc: BaseException) -> str:
-    """``"Type: message"``, never raising: ``str(exc)`` is user code."""
-    name = _type_name(exc)
-    try:
-        text = str(exc)
-    except BaseException:
-        return f"{name}: <str() of the exception raised>"
-    return f"{name}: {text}" if text else name
+#: ``_dask`` imports the per-function check from here (it lives in ``_checks``).
+_flags_for = flags_for
 
 
 class WorkerStats(NamedTuple):
@@ -180,12 +101,10 @@ class AsyncTaskWorker:
         cancel_grace: float = 1.0,
         executor: Any = None,
     ) -> None:
-        self._max_workers = _check_max_workers(max_workers)
-        self._task_timeout = _check_timeout(task_timeout, "task_timeout")
-        if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 0:
-            raise ValueError(f"max_history must be a non-negative int, got {max_history!r}")
-        self._max_history = max_history
-        self._cancel_grace = _check_timeout(cancel_grace, "cancel_grace") or 1.0
+        self._max_workers = check_max_workers(max_workers)
+        self._task_timeout = check_timeout(task_timeout, "task_timeout")
+        self._max_history = check_max_history(max_history)
+        self._cancel_grace = check_timeout(cancel_grace, "cancel_grace") or 1.0
         self._executor_default = self._adapt_executor(executor)
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -213,7 +132,7 @@ class AsyncTaskWorker:
 
     @max_workers.setter
     def max_workers(self, value: int) -> None:
-        self._max_workers = _check_max_workers(value)
+        self._max_workers = check_max_workers(value)
         if self._state == "running":
             self._dispatch()
         self._emit_worker()
@@ -225,7 +144,7 @@ class AsyncTaskWorker:
 
     @task_timeout.setter
     def task_timeout(self, value: float | None) -> None:
-        self._task_timeout = _check_timeout(value, "task_timeout")
+        self._task_timeout = check_timeout(value, "task_timeout")
         self._emit_worker()
 
     @property
@@ -329,7 +248,7 @@ class AsyncTaskWorker:
         Raises:
             ValueError, TypeError: ``timeout`` is not a non-negative number.
         """
-        timeout = (_check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
+        timeout = (check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
         if self._state in ("new", "stopped"):
             return
         if self._state == "stopping":
@@ -442,9 +361,9 @@ class AsyncTaskWorker:
         if type(task_func) is FunctionType:  # the common case, kept cheap
             func: Callable[..., Any] = task_func
             name = registered_name(func) or func.__name__
-            flags = _func_flags.get(func)
+            flags = func_flags.get(func)
             if flags is None:
-                flags = _flags_for(func)
+                flags = flags_for(func)
         else:
             if isinstance(task_func, CoroutineType):
                 task_func.close()  # it will never run: no "never awaited" warning
@@ -452,13 +371,13 @@ class AsyncTaskWorker:
                     "add_task() needs a coroutine *function*, not a coroutine object: "
                     "pass `func, *args` instead of `func(*args)`")
             func, name = resolve(task_func)
-            flags = _flags_for(func)
+            flags = flags_for(func)
         if type(priority) is not int:
             raise TypeError(f"priority must be an int, got {priority!r}")
         if timeout is None:
             timeout = self._task_timeout
         else:
-            timeout = _check_timeout(timeout, "timeout")
+            timeout = check_timeout(timeout, "timeout")
         if metadata is None:
             meta = _EMPTY_METADATA
         elif isinstance(metadata, Mapping):
@@ -706,9 +625,9 @@ class AsyncTaskWorker:
         if exc is not None:
             # User code (__str__, __repr__, __notes__ ...) that may raise: never
             # allowed to abort the ending half way.
-            error = _error_message(exc)
+            error = error_message(exc)
             if keep_traceback:
-                tb = _format_traceback(exc)
+                tb = format_traceback(exc)
         progress = 1.0 if status is _COMPLETED else rec.progress
         key = rec.key
         info = TaskInfo._make((
@@ -813,7 +732,7 @@ class AsyncTaskWorker:
                 ``StopIteration``, which is its ``__cause__``: raised as it is, it
                 would stop the event loop (or could not leave a coroutine).
         """
-        timeout = _check_timeout(timeout, "timeout")
+        timeout = check_timeout(timeout, "timeout")
         item = self._table.get(task_id)
         if item is None:
             raise KeyError(f"no task with id {task_id!r}")
@@ -821,7 +740,7 @@ class AsyncTaskWorker:
             info = await asyncio.wait_for(asyncio.shield(self._waiter(item)), timeout)
         else:
             info = item  # type: ignore[assignment]
-        return _outcome(info)
+        return outcome(info)
 
     def get_task_future(self, task_id: str) -> asyncio.Future[Any]:
         """A future resolving to the task's result (or raising its exception), as in the
@@ -872,8 +791,8 @@ class AsyncTaskWorker:
             ValueError: a bad ``status`` value or ``limit``.
             TypeError: ``status`` or ``older_than`` of the wrong type.
         """
-        statuses = _parse_statuses(status)
-        if _check_limit(limit) == 0:
+        statuses = parse_statuses(status)
+        if check_limit(limit) == 0:
             return []
         return self._table.query(statuses, limit, cutoff_for(older_than))
 
@@ -883,7 +802,7 @@ class AsyncTaskWorker:
         Raises:
             ValueError: ``limit`` is not a non-negative int or None.
         """
-        return [r.snapshot() for r in self._table.pending.peek(_check_limit(limit))]
+        return [r.snapshot() for r in self._table.pending.peek(check_limit(limit))]
 
     def get_running(self) -> list[TaskInfo]:
         """Running tasks, in the order they started."""
@@ -936,33 +855,6 @@ class AsyncTaskWorker:
             TypeError: ``callback`` is not callable or ``task_id`` not a str.
         """
         return self._hub.subscribe(callback, task_id=task_id, progress=progress)
-
-
-def _parse_statuses(status: object) -> list[TaskStatus] | None:
-    if status is None:
-        return None
-    if isinstance(status, (str, TaskStatus)):
-        return [TaskStatus.parse(status)]
-    if isinstance(status, Iterable):
-        return list(dict.fromkeys(TaskStatus.parse(s) for s in status))
-    raise TypeError(f"status must be a TaskStatus, its string value, or a collection of them, got {status!r}")
-
-
-def _outcome(info: TaskInfo) -> Any:
-    status = info.status
-    if status is _COMPLETED:
-        return info.result
-    if status is _FAILED:
-        exc = info.exception
-        assert exc is not None
-        if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
-            raise exc
-        # SystemExit, KeyboardInterrupt...: asyncio re-raises those out of the
-        # event loop (killing a kernel) when they leave a coroutine. A
-        # StopIteration cannot leave one (Python turns it into a RuntimeError).
-        raise RuntimeError(
-            f"task {info.id!r} failed with {_error_message(exc)}") from exc
-    raise asyncio.CancelledError(info.error or "cancelled")
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
