@@ -1,4 +1,6 @@
-"""Running a blocking task body in a worker thread, and interrupting it.
+"""Sync task bodies in worker threads: the pool (``BodyThreads``), one body's run and
+its interruption (``ThreadRun``), a worker's bodies with its abandoned ones
+(``ThreadBodies``, ``AbandonedThreads``).
 
 A sync body cannot be cancelled the asyncio way. Two mechanisms stop it:
 ``report_progress`` raises ``CancelledError`` at its next call, and for code
