@@ -103,14 +103,15 @@ class TaskTable:
         Returns whether the history is now over ``max_history``: the caller
         then calls ``trim()`` (after announcing the finish).
         """
+        task_id = rec.id
         if rec.status is _PENDING:
             self.pending.remove(rec)
         else:
-            del self.running[rec.id]
-        self._by_id[rec.id] = info
+            del self.running[task_id]
+        self._by_id[task_id] = info
         self._finished[info.status].append(info)
-        self._n_finished += 1
-        return self._n_finished > self.max_history
+        n = self._n_finished = self._n_finished + 1
+        return n > self.max_history
 
     def trim(self) -> None:
         """Drop the oldest finished snapshots until at most ``max_history`` are kept."""

@@ -116,6 +116,10 @@ class AsyncTaskWorker:
         # The asyncio task of every started body ("job"), each holding one slot.
         self._jobs: dict[asyncio.Task[None], TaskRecord] = {}
         self._threads = ThreadBodies("task_worker", self._on_abandoned_return)
+        # The table's and the thread bodies' parts read on every task, at hand.
+        self._pending = self._table.pending
+        self._running_recs = self._table.running
+        self._abandoned = self._threads.abandoned
         self._seq = itertools.count()
         # Generated ids: a per-worker random prefix and a counter ("3fa9-1b").
         self._id_prefix = secrets.token_hex(2) + "-"
@@ -170,7 +174,7 @@ class AsyncTaskWorker:
     def stats(self) -> WorkerStats:
         """Counts per status, busy slots, subscriptions and state, in O(1)."""
         return WorkerStats(self.running, self._max_workers,
-                           len(self._jobs) + self._threads.abandoned.count,
+                           len(self._jobs) + self._abandoned.count,
                            MappingProxyType(self._table.counts()), len(self._table), len(self._hub))
 
     def __len__(self) -> int:
@@ -228,7 +232,7 @@ class AsyncTaskWorker:
         # thread bodies may still run; they keep their slots until they return.
         for rec in list(self._table.running.values()):
             if rec.thread is not None:
-                rec.thread.abandon(self._threads.abandoned)
+                rec.thread.abandon(self._abandoned)
             self._end(rec, _CANCELLED, error="cancelled: its event loop was closed")
         self._jobs.clear()
         self._threads.close()
@@ -442,9 +446,9 @@ class AsyncTaskWorker:
 
     def _dispatch(self) -> None:
         """Start pending tasks while slots are free."""
-        pop = self._table.pending.pop
+        pop = self._pending.pop
         jobs = self._jobs
-        limit = self._max_workers - self._threads.abandoned.count
+        limit = self._max_workers - self._abandoned.count
         while len(jobs) < limit:
             rec = pop()
             if rec is None:
@@ -456,7 +460,7 @@ class AsyncTaskWorker:
         assert loop is not None and rec.ctx is not None
         rec.status = _RUNNING
         rec.started = _now()
-        self._table.running[rec.id] = rec
+        self._running_recs[rec.id] = rec
         if _PY311:
             job = loop.create_task(self._run(rec), context=rec.ctx)
         else:  # pragma: no cover - Python 3.10
@@ -648,7 +652,8 @@ class AsyncTaskWorker:
             self._hub.emit(TaskEvent(_FINISHED, info))
         if over_cap:
             self._table.trim()
-        if self._idle_waiters and self._table.idle:
+        # Running tasks first: a plain dict, the cheap test that fails most often.
+        if self._idle_waiters and not self._running_recs and not self._pending:
             self._wake_idle()
 
     def _on_drop(self, info: TaskInfo) -> None:
