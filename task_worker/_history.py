@@ -52,14 +52,20 @@ class TaskTable:
     It never touches the event loop.
     """
 
-    __slots__ = ("_by_id", "_finished", "_n_finished", "_on_drop", "max_history", "pending", "running")
+    __slots__ = ("_by_id", "_finished", "_n_finished", "_on_drop", "add", "contains", "max_history",
+                 "pending", "running")
 
     def __init__(self, max_history: int, on_drop: Callable[[TaskInfo], None]) -> None:
         self.max_history = max_history
         self._on_drop = on_drop
         #: A TaskRecord while the task is pending or running, its TaskInfo once finished.
         self._by_id: dict[str, TaskRecord | TaskInfo] = {}
-        self.pending: PendingQueue[TaskRecord] = PendingQueue()
+        #: ``contains(task_id)``: ``task_id in table`` at the cost of a C call (``add_task``'s).
+        self.contains: Callable[[object], bool] = self._by_id.__contains__
+        self.pending: PendingQueue[TaskRecord] = PendingQueue(index=self._by_id)
+        #: ``add(rec)``: a new pending task (its id must be new). The queue's push,
+        #: which also enters it here by id.
+        self.add: Callable[[TaskRecord], None] = self.pending.push
         self.running: dict[str, TaskRecord] = {}
         self._finished: dict[TaskStatus, deque[TaskInfo]] = {s: deque() for s in _TERMINAL}
         self._n_finished = 0
@@ -92,11 +98,6 @@ class TaskTable:
         return not self.pending and not self.running
 
     # ------------------------------------------------------------ life cycle
-    def add(self, rec: TaskRecord) -> None:
-        """A new pending task (its id must be new)."""
-        self._by_id[rec.id] = rec
-        self.pending.push(rec)
-
     def finish(self, rec: TaskRecord, info: TaskInfo) -> bool:
         """``rec`` (still in its pending or running status) ended as ``info``.
 

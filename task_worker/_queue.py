@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class _Keyed(Protocol):
     #: ``priority << SEQ_BITS | seq``: smaller starts first; unique per worker.
     key: int
+    id: str
 
 
 R = TypeVar("R", bound=_Keyed)
@@ -24,16 +25,20 @@ class PendingQueue(Generic[R]):
     a record (a cancelled pending task) leaves its key in the heap as a stale
     entry, skipped when popped; once stale keys are many and the majority, the
     heap is rebuilt without them, so its size stays within twice the live count.
+
+    ``index``, if given, is a dict that ``push`` also enters each record in, by
+    its ``id`` (the task table's: one call per new task instead of two).
     """
 
-    __slots__ = ("_heap", "_records", "_stale")
+    __slots__ = ("_heap", "_index", "_records", "_stale")
 
     #: Stale keys tolerated before a compaction is considered.
     COMPACT_AFTER = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, index: dict[str, Any] | None = None) -> None:
         self._heap: list[int] = []
         self._records: dict[int, R] = {}
+        self._index: dict[str, Any] = {} if index is None else index
         self._stale = 0
 
     def __len__(self) -> int:
@@ -53,9 +58,10 @@ class PendingQueue(Generic[R]):
         return len(self._heap)
 
     def push(self, rec: R) -> None:
-        """Queue ``rec`` (its ``key`` must be new)."""
+        """Queue ``rec`` (its ``key`` must be new) and enter it in ``index``."""
         key = rec.key
         self._records[key] = rec
+        self._index[rec.id] = rec
         heapq.heappush(self._heap, key)
 
     def pop(self) -> R | None:

@@ -8,7 +8,7 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._info import TaskInfo
+from ._info import TaskInfo, new_info
 from ._status import TaskStatus
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class TaskRecord:
         if self.info is not None:
             return self.info
         key = self.key
-        return TaskInfo._make((
+        return new_info((
             self.id, self.name, self.status, key >> SEQ_BITS, self.progress, None, None, None,
             None, self.metadata, self.created, self.started, None, key & SEQ_MASK,
         ))

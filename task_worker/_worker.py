@@ -29,7 +29,7 @@ from ._checks import (
 )
 from ._events import EventHub, EventKind, Subscriber, TaskEvent
 from ._history import TaskTable, cutoff_for
-from ._info import TaskInfo
+from ._info import TaskInfo, new_info
 from ._interrupt import INJECT_AFTER
 from ._outcome import error_message, format_traceback, outcome
 from ._progress import check_fraction, current_sink
@@ -392,11 +392,11 @@ class AsyncTaskWorker:
         seq = next(self._seq)
         if task_id is None:
             task_id = f"{self._id_prefix}{seq:x}"
-            while task_id in table:  # a caller chose an id of our form
+            while table.contains(task_id):  # a caller chose an id of our form
                 task_id = f"{self._id_prefix}{next(self._seq):x}"
         elif type(task_id) is not str or not task_id:
             raise TypeError(f"task_id must be a non-empty str or None, got {task_id!r}")
-        elif task_id in table:
+        elif table.contains(task_id):
             raise ValueError(f"a task with id {task_id!r} already exists")
         if executor is not None:
             executor = self._adapt_executor(executor)
@@ -445,32 +445,32 @@ class AsyncTaskWorker:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start pending tasks while slots are free."""
+        """Start pending tasks, in queue order, while slots are free."""
         pop = self._pending.pop
         jobs = self._jobs
+        running = self._running_recs
         limit = self._max_workers - self._abandoned.count
+        loop = self._loop
+        assert loop is not None
         while len(jobs) < limit:
             rec = pop()
             if rec is None:
                 return
-            self._launch(rec)
-
-    def _launch(self, rec: TaskRecord) -> None:
-        loop = self._loop
-        assert loop is not None and rec.ctx is not None
-        rec.status = _RUNNING
-        rec.started = _now()
-        self._running_recs[rec.id] = rec
-        if _PY311:
-            job = loop.create_task(self._run(rec), context=rec.ctx)
-        else:  # pragma: no cover - Python 3.10
-            job = rec.ctx.run(loop.create_task, self._run(rec))
-        rec.task = job
-        self._jobs[job] = rec
-        if rec.timeout is not None:
-            rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
-        if self._hub.has_subscribers:
-            self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
+            # Launch it (inline: this runs once per task).
+            assert rec.ctx is not None
+            rec.status = _RUNNING
+            rec.started = _now()
+            running[rec.id] = rec
+            if _PY311:
+                job = loop.create_task(self._run(rec), context=rec.ctx)
+            else:  # pragma: no cover - Python 3.10
+                job = rec.ctx.run(loop.create_task, self._run(rec))
+            rec.task = job
+            jobs[job] = rec
+            if rec.timeout is not None:
+                rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
+            if self._hub.has_subscribers:
+                self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
 
     async def _run(self, rec: TaskRecord) -> None:
         # The job: one task's asyncio task. It releases its own slot (no done
@@ -634,7 +634,7 @@ class AsyncTaskWorker:
                 tb = format_traceback(exc)
         progress = 1.0 if status is _COMPLETED else rec.progress
         key = rec.key
-        info = TaskInfo._make((
+        info = new_info((
             rec.id, rec.name, status, key >> SEQ_BITS, progress, result, error, exc, tb,
             rec.metadata, rec.created, rec.started, _now(), key & SEQ_MASK,
         ))

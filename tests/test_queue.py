@@ -12,6 +12,7 @@ from task_worker._queue import PendingQueue
 class Rec:
     def __init__(self, key: int) -> None:
         self.key = key
+        self.id = f"r{key}"
 
     def __repr__(self) -> str:
         return f"Rec({self.key})"
@@ -43,6 +44,16 @@ def test_removed_records_are_never_popped_or_peeked() -> None:
     assert popped == [r for r in recs if r.key not in (0, 4)]
     with pytest.raises(KeyError):
         q.remove(recs[4])
+
+
+def test_push_enters_each_record_in_the_index_by_id() -> None:
+    index: dict[str, Rec] = {}
+    q: PendingQueue[Rec] = PendingQueue(index=index)
+    a, b = Rec(2), Rec(1)
+    q.push(a)
+    q.push(b)
+    assert index == {"r2": a, "r1": b}
+    assert q.pop() is b and index == {"r2": a, "r1": b}  # the index's owner removes entries
 
 
 def test_iteration_is_in_insertion_order_not_start_order() -> None:
