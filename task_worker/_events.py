@@ -51,11 +51,11 @@ class EventHub:
     subscription; one that raises (anything, even ``SystemExit``) is logged and
     the others still run.
 
-    ``active`` and ``progress_wanted`` are plain attributes the worker reads
+    ``has_subscribers`` and ``progress_wanted`` are plain attributes the worker reads
     on its hot paths, so that no subscriber means no event is even built.
     """
 
-    __slots__ = ("_all", "_by_task", "_no_progress", "active", "progress_wanted", "task_progress")
+    __slots__ = ("_all", "_by_task", "_no_progress", "has_subscribers", "progress_wanted", "task_progress")
 
     def __init__(self) -> None:
         self._all: tuple[Subscriber, ...] = ()  # every event
@@ -63,16 +63,13 @@ class EventHub:
         self._by_task: dict[str, tuple[tuple[Subscriber, bool], ...]] = {}
         self.task_progress: set[str] = set()  # tasks with a progress-wanting subscriber
         #: Any subscriber at all (status events must be built).
-        self.active = False
+        self.has_subscribers = False
         #: Some subscriber wants progress of every task.
         self.progress_wanted = False
 
     def __len__(self) -> int:
+        """How many subscriptions are live."""
         return len(self._all) + len(self._no_progress) + sum(map(len, self._by_task.values()))
-
-    def wants_progress(self, task_id: str) -> bool:
-        """Whether a progress event of ``task_id`` would reach anyone."""
-        return self.progress_wanted or task_id in self.task_progress
 
     def subscribe(
         self, callback: Subscriber, *, task_id: str | None = None, progress: bool = True,
@@ -115,20 +112,20 @@ class EventHub:
     def _refresh(self) -> None:
         self.progress_wanted = bool(self._all)
         self.task_progress = {t for t, subs in self._by_task.items() if any(p for _, p in subs)}
-        self.active = bool(self._all or self._no_progress or self._by_task)
+        self.has_subscribers = bool(self._all or self._no_progress or self._by_task)
 
     def emit(self, event: TaskEvent) -> None:
         # Iterate over the tuples current at emit time: a callback may
         # subscribe or unsubscribe without disturbing this delivery.
-        is_progress = event[0] is _PROGRESS
+        is_progress = event.kind is _PROGRESS
         for callback in self._all:
             _call(callback, event)
         if not is_progress:
             for callback in self._no_progress:
                 _call(callback, event)
-        info = event[1]
+        info = event.info
         if info is not None and self._by_task:
-            for callback, progress in self._by_task.get(info[0], ()):
+            for callback, progress in self._by_task.get(info.id, ()):
                 if progress or not is_progress:
                     _call(callback, event)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from functools import partial
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._status import TaskStatus
 
@@ -26,10 +27,9 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
 
     A tuple underneath (like a named tuple) so that a finished task's record
     *is* its snapshot: cheap to keep by the ten thousand and free to hand out.
-    Layout (the dashboard reads it positionally): 0 id, 1 name, 2 status,
-    3 priority, 4 progress, 5 result, 6 error, 7 exception, 8 traceback,
-    9 metadata, 10 created, 11 started, 12 completed (epoch seconds), 13 seq
-    (creation order).
+    Read its fields by name (``info.status``, ``info.completed_ts``): the
+    accessors cost what indexing costs. The order of the fields is the
+    constructor's and is private to this module.
     """
 
     __slots__ = ()
@@ -57,102 +57,121 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
              metadata, created, started, completed, seq),
         )
 
-    # Positional layout; the worker builds snapshots with ``_make`` for speed.
     @classmethod
     def _make(cls, values: tuple[Any, ...]) -> TaskInfo:
         return _tuple_new(cls, values)
 
-    @property
-    def id(self) -> str:
-        """The task id (generated unless given to ``add_task``)."""
-        return self[0]  # type: ignore[no-any-return]
+    # Fields by name: C-level ``itemgetter`` properties, as cheap as indexing,
+    # so that no code (worker, views, tests) ever indexes a snapshot by position.
+    # Type checkers see the typed properties below.
+    if TYPE_CHECKING:
+        @property
+        def id(self) -> str:
+            """The task id (generated unless given to ``add_task``)."""
 
-    @property
-    def name(self) -> str:
-        """The registered task type, or the function's name."""
-        return self[1]  # type: ignore[no-any-return]
+        @property
+        def name(self) -> str:
+            """The registered task type, or the function's name."""
 
-    @property
-    def status(self) -> TaskStatus:
-        """The task's ``TaskStatus`` when the snapshot was taken."""
-        return self[2]  # type: ignore[no-any-return]
+        @property
+        def status(self) -> TaskStatus:
+            """The task's ``TaskStatus`` when the snapshot was taken."""
 
-    @property
-    def priority(self) -> int:
-        """Lower numbers run first."""
-        return self[3]  # type: ignore[no-any-return]
+        @property
+        def priority(self) -> int:
+            """Lower numbers run first."""
 
-    @property
-    def progress(self) -> float:
-        """Fraction done, in [0, 1]; 1.0 once completed."""
-        return self[4]  # type: ignore[no-any-return]
+        @property
+        def progress(self) -> float:
+            """Fraction done, in [0, 1]; 1.0 once completed."""
 
-    @property
-    def result(self) -> Any:
-        """The return value of a completed task, else ``None``."""
-        return self[5]
+        @property
+        def result(self) -> Any:
+            """The return value of a completed task, else ``None``."""
 
-    @property
-    def error(self) -> str | None:
-        """A message for a failed or cancelled task (``"timed out after N s"`` on timeout)."""
-        return self[6]  # type: ignore[no-any-return]
+        @property
+        def error(self) -> str | None:
+            """A message for a failed or cancelled task (``"timed out after N s"`` on timeout)."""
 
-    @property
-    def exception(self) -> BaseException | None:
-        """The exception a failed task raised (``TimeoutError`` on timeout)."""
-        return self[7]  # type: ignore[no-any-return]
+        @property
+        def exception(self) -> BaseException | None:
+            """The exception a failed task raised (``TimeoutError`` on timeout)."""
 
-    @property
-    def traceback(self) -> str | None:
-        """The formatted traceback of a failed task."""
-        return self[8]  # type: ignore[no-any-return]
+        @property
+        def traceback(self) -> str | None:
+            """The formatted traceback of a failed task."""
 
-    @property
-    def metadata(self) -> Mapping[str, Any]:
-        """Read-only view of the metadata given to ``add_task``."""
-        return self[9]  # type: ignore[no-any-return]
+        @property
+        def metadata(self) -> Mapping[str, Any]:
+            """Read-only view of the metadata given to ``add_task``."""
 
-    # The raw values behind the datetimes, and the creation order: C-level
-    # getters, as cheap as indexing, for views and the worker's own hot paths.
-    created_ts = property(itemgetter(10), doc="When ``add_task`` accepted the task (epoch seconds).")
-    started_ts = property(itemgetter(11), doc="When it started running (epoch seconds), or ``None``.")
-    completed_ts = property(itemgetter(12), doc="When it finished (epoch seconds), or ``None``.")
-    seq = property(itemgetter(13), doc="Creation order within its worker (increasing).")
+        @property
+        def created_ts(self) -> float:
+            """When ``add_task`` accepted the task (epoch seconds)."""
+
+        @property
+        def started_ts(self) -> float | None:
+            """When it started running (epoch seconds), or ``None``."""
+
+        @property
+        def completed_ts(self) -> float | None:
+            """When it finished (epoch seconds), or ``None``."""
+
+        @property
+        def seq(self) -> int:
+            """Creation order within its worker (increasing)."""
+    else:
+        id = property(itemgetter(0), doc='The task id (generated unless given to ``add_task``).')
+        name = property(itemgetter(1), doc="The registered task type, or the function's name.")
+        status = property(itemgetter(2), doc="The task's ``TaskStatus`` when the snapshot was taken.")
+        priority = property(itemgetter(3), doc='Lower numbers run first.')
+        progress = property(itemgetter(4), doc='Fraction done, in [0, 1]; 1.0 once completed.')
+        result = property(itemgetter(5), doc='The return value of a completed task, else ``None``.')
+        error = property(itemgetter(6), doc=(
+            'A message for a failed or cancelled task (``"timed out after N s"`` on timeout).'))
+        exception = property(itemgetter(7), doc=(
+            "The exception a failed task raised (``TimeoutError`` on timeout)."))
+        traceback = property(itemgetter(8), doc='The formatted traceback of a failed task.')
+        metadata = property(itemgetter(9), doc='Read-only view of the metadata given to ``add_task``.')
+        created_ts = property(itemgetter(10), doc='When ``add_task`` accepted the task (epoch seconds).')
+        started_ts = property(itemgetter(11), doc='When it started running (epoch seconds), or ``None``.')
+        completed_ts = property(itemgetter(12), doc='When it finished (epoch seconds), or ``None``.')
+        seq = property(itemgetter(13), doc='Creation order within its worker (increasing).')
 
     @property
     def created_at(self) -> datetime:
         """When ``add_task`` accepted the task (timezone-aware, UTC)."""
-        return datetime.fromtimestamp(self[10], timezone.utc)
+        return datetime.fromtimestamp(self.created_ts, timezone.utc)
 
     @property
     def started_at(self) -> datetime | None:
         """When the task started running (timezone-aware), or ``None``."""
-        return _aware(self[11])
+        return _aware(self.started_ts)
 
     @property
     def completed_at(self) -> datetime | None:
         """When the task reached its terminal state (timezone-aware), or ``None``."""
-        return _aware(self[12])
+        return _aware(self.completed_ts)
 
     @property
     def elapsed(self) -> float | None:
         """Seconds run so far (until now for a running task), or ``None`` if it never started."""
-        started = self[11]
+        started = self.started_ts
         if started is None:
             return None
-        end = self[12]
+        end = self.completed_ts
         return float((time.time() if end is None else end) - started)
 
     @property
     def done(self) -> bool:
         """True once the task is completed, failed or cancelled."""
-        return self[2].done  # type: ignore[no-any-return]
+        return self.status.done
 
     def __repr__(self) -> str:
-        extra = f", error={self[6]!r}" if self[6] else ""
+        extra = f", error={self.error!r}" if self.error else ""
         return (
-            f"TaskInfo(id={self[0]!r}, name={self[1]!r}, status={self[2].value!r}, "
-            f"priority={self[3]}, progress={self[4]:.3g}{extra})"
+            f"TaskInfo(id={self.id!r}, name={self.name!r}, status={self.status.value!r}, "
+            f"priority={self.priority}, progress={self.progress:.3g}{extra})"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -163,4 +182,9 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
 
     def __deepcopy__(self, memo: object) -> TaskInfo:
         return self
+
+
+#: ``new_info((id, name, status, ...))``: a snapshot from its fields in constructor
+#: order, at the cost of one C call (the worker builds one per task and event).
+new_info: Callable[[tuple[Any, ...]], TaskInfo] = partial(_tuple_new, TaskInfo)
 

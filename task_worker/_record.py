@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._info import TaskInfo
+from ._info import TaskInfo, new_info
 from ._status import TaskStatus
 
 if TYPE_CHECKING:
     from ._threads import ThreadRun
-    from ._worker import AsyncTaskWorker
+
+    class _Owner(Protocol):
+        def _report(self, rec: TaskRecord, fraction: float) -> None: ...
 
 SEQ_BITS = 40
 SEQ_MASK = (1 << SEQ_BITS) - 1
@@ -23,10 +26,17 @@ WANTS_PROGRESS = 2
 #: Set by the job's asyncio task at its first step.
 STEPPED = 4
 
-#: Why a running task was told to stop (``cancel_reason``).
-CANCEL = "cancel"
-TIMEOUT = "timeout"
-SHUTDOWN = "shutdown"
+
+
+class CancelReason(enum.Enum):
+    """Why the worker told a task to stop (``TaskRecord.cancel_reason``)."""
+
+    #: ``cancel_task`` / ``cancel_task_nowait`` (a button, ``%task cancel``).
+    CANCELLED = "cancelled"
+    #: Its ``timeout`` passed; it ends ``failed`` with ``TimeoutError``.
+    TIMED_OUT = "timed out"
+    #: ``stop()`` (or its event loop closed under it).
+    WORKER_STOPPED = "worker stopped"
 
 
 class TaskRecord:
@@ -60,7 +70,7 @@ class TaskRecord:
     )
 
     def __init__(
-        self, owner: AsyncTaskWorker, task_id: str, name: str, func: Callable[..., Any],
+        self, owner: _Owner, task_id: str, name: str, func: Callable[..., Any],
         args: tuple[Any, ...], kwargs: dict[str, Any] | None, key: int,
         metadata: Mapping[str, Any], timeout: float | None, created: float,
         ctx: contextvars.Context, flags: int, executor: Any,
@@ -82,7 +92,7 @@ class TaskRecord:
         self.ctx: contextvars.Context | None = ctx
         self.task: asyncio.Task[None] | None = None
         self.flags = flags
-        self.cancel_reason: str | None = None
+        self.cancel_reason: CancelReason | None = None
         self.thread: ThreadRun | None = None
         self.waiter: asyncio.Future[TaskInfo] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -104,7 +114,7 @@ class TaskRecord:
         if self.info is not None:
             return self.info
         key = self.key
-        return TaskInfo._make((
+        return new_info((
             self.id, self.name, self.status, key >> SEQ_BITS, self.progress, None, None, None,
             None, self.metadata, self.created, self.started, None, key & SEQ_MASK,
         ))

@@ -12,6 +12,11 @@ _registry: dict[str, Callable[..., Any]] = {}
 _names: dict[Callable[..., Any], str] = {}
 
 
+#: ``registered_name(func)``: the type name ``func`` was registered under, or
+#: ``None``. (The reverse map's own ``get``: the worker calls it for every task.)
+registered_name: Callable[[Callable[..., Any]], str | None] = _names.get
+
+
 def _check_type_name(task_type: object) -> str:
     if not isinstance(task_type, str) or not task_type.strip():
         raise TypeError(f"a task type must be a non-empty string, got {task_type!r}")

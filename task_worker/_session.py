@@ -19,13 +19,12 @@ def get_worker() -> AsyncTaskWorker:
     global _default
     if _default is None:
         _default = AsyncTaskWorker()
-    if not _default.running:
+    if not _default.running and not _default.stopping:
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        if loop is not None and _default._state != "stopping":
-            _default._start(loop)
+            return _default  # no loop here: the caller starts it (``await worker.start()``)
+        _default.start_nowait()
     return _default
 
 

@@ -1,4 +1,6 @@
-"""Running a blocking task body in a worker thread, and interrupting it.
+"""Sync task bodies in worker threads: the pool (``BodyThreads``), one body's run and
+its interruption (``ThreadRun``), a worker's bodies with its abandoned ones
+(``ThreadBodies``, ``AbandonedThreads``).
 
 A sync body cannot be cancelled the asyncio way. Two mechanisms stop it:
 ``report_progress`` raises ``CancelledError`` at its next call, and for code
@@ -12,13 +14,14 @@ bare ``except:`` in user code can swallow it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ._interrupt import ThreadInterrupted, clear_in_thread, raise_in_thread
+from ._interrupt import INJECT_AFTER, ThreadInterrupted, clear_in_thread, raise_in_thread
 
 
 class AbandonedThreads:
@@ -196,6 +199,68 @@ class BodyThreads:
             idle, self._idle = self._idle, 0
         for _ in range(idle):
             self._jobs.put(None)
+
+
+class ThreadBodies:
+    """The sync bodies of one worker: the pool their threads come from (opened on
+    first use, shut down by ``close()`` or when this object is dropped) and the
+    count of abandoned bodies that still hold a worker slot."""
+
+    __slots__ = ("__weakref__", "_closer", "_name", "_pool", "abandoned")
+
+    def __init__(self, name: str, on_abandoned_return: Callable[[], None]) -> None:
+        self._name = name
+        #: Abandoned bodies still running (nobody waits for them any more): each
+        #: keeps its slot until its thread returns and says so.
+        self.abandoned = AbandonedThreads(on_abandoned_return)
+        self._pool: BodyThreads | None = None
+        self._closer: weakref.finalize[[], ThreadBodies] | None = None
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> ThreadRun:
+        """Start ``func(*args, **kwargs)`` in a thread now, in a copy of the current
+        context (``report_progress`` and output routing work there, as with
+        ``asyncio.to_thread``); ``wait`` for its outcome."""
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = BodyThreads(self._name)
+            # Dropped without close(): its idle threads exit with it.
+            self._closer = weakref.finalize(self, pool.shutdown)
+        run = ThreadRun(loop.create_future())
+        ctx = contextvars.copy_context()
+        pool.submit(ctx.run, run.main, loop, func, args, kwargs)
+        return run
+
+    async def wait(self, run: ThreadRun, inject_after: float = INJECT_AFTER) -> tuple[bool, Any]:
+        """``(True, result)`` or ``(False, exception)`` of ``run``.
+
+        Cancelled, it asks the body to stop, interrupts its thread after
+        ``inject_after`` seconds, and keeps waiting (holding the worker slot, so
+        that no more than ``max_workers`` bodies ever run) until the body
+        returns; cancelled again, it abandons the body (which keeps counting in
+        ``abandoned`` until it returns) and re-raises.
+        """
+        try:
+            return await asyncio.shield(run.done)
+        except asyncio.CancelledError:
+            run.request_stop()
+            run.done.get_loop().call_later(inject_after, run.inject)
+            try:
+                await asyncio.shield(run.done)
+            except asyncio.CancelledError:
+                run.abandon(self.abandoned)
+                raise
+            raise
+
+    def close(self) -> None:
+        """Let idle threads exit (busy ones exit when their body returns). Safe to repeat;
+        ``start`` opens a new pool."""
+        if self._closer is not None:
+            self._closer()  # shuts the pool down, once
+            self._closer = None
+        self._pool = None
 
 
 def _shutdown_all() -> None:

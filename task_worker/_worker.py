@@ -1,146 +1,61 @@
-"""``AsyncTaskWorker``: the priority queue, the bounded pool and the task lifecycle."""
+"""``AsyncTaskWorker``: its lifecycle, adding, dispatching and running tasks, stopping
+them (cancel, timeout, stop), and waiting. Its data structures live in ``_history``
+(the task table, with the pending queue of ``_queue``) and ``_threads`` (sync bodies)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import inspect
 import itertools
 import logging
-import math
-import operator
-import os
 import secrets
 import sys
 import threading
 import time
-import traceback as _tb
-import weakref
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import timedelta
-from types import (
-    BuiltinFunctionType,
-    CoroutineType,
-    FunctionType,
-    MappingProxyType,
-    MethodType,
-    TracebackType,
-)
+from types import CoroutineType, FunctionType, MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 
-from ._events import EventHub, EventKind, Subscriber, TaskEvent
-from ._info import TaskInfo
-from ._interrupt import INJECT_AFTER
-from ._progress import current_sink
-from ._record import (
-    CANCEL,
-    IS_ASYNC,
-    SEQ_BITS,
-    SEQ_MASK,
-    SHUTDOWN,
-    STEPPED,
-    TIMEOUT,
-    WANTS_PROGRESS,
-    TaskRecord,
+from ._checks import (
+    check_limit,
+    check_max_history,
+    check_max_workers,
+    check_timeout,
+    flags_for,
+    func_flags,
+    parse_statuses,
 )
-from ._registry import _names as _registered_names
-from ._registry import resolve
+from ._events import EventHub, EventKind, Subscriber, TaskEvent
+from ._history import TaskTable, cutoff_for
+from ._info import TaskInfo, new_info
+from ._interrupt import INJECT_AFTER
+from ._outcome import error_message, format_traceback, outcome
+from ._progress import check_fraction, current_sink
+from ._record import IS_ASYNC, SEQ_BITS, SEQ_MASK, STEPPED, WANTS_PROGRESS, CancelReason, TaskRecord
+from ._registry import registered_name, resolve
 from ._status import TaskStatus
-from ._threads import AbandonedThreads, BodyThreads, ThreadRun
+from ._threads import ThreadBodies
 
 logger = logging.getLogger("task_worker")
 
 _PY311 = sys.version_info >= (3, 11)
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
 _PENDING = TaskStatus.PENDING
 _RUNNING = TaskStatus.RUNNING
 _COMPLETED = TaskStatus.COMPLETED
 _FAILED = TaskStatus.FAILED
 _CANCELLED = TaskStatus.CANCELLED
-_TERMINAL = (_COMPLETED, _FAILED, _CANCELLED)
-_ADDED, _STARTED, _PROGRESS, _FINISHED = (
-    EventKind.ADDED, EventKind.STARTED, EventKind.PROGRESS, EventKind.FINISHED,
+_ADDED, _STARTED, _PROGRESS, _FINISHED, _REMOVED = (
+    EventKind.ADDED, EventKind.STARTED, EventKind.PROGRESS, EventKind.FINISHED, EventKind.REMOVED,
 )
+_CANCELLED_BY_USER = CancelReason.CANCELLED
+_TIMED_OUT = CancelReason.TIMED_OUT
+_WORKER_STOPPED = CancelReason.WORKER_STOPPED
 _now = time.time
-
-# Per-function facts, looked up on every add_task: (flags). Bounded so that
-# re-run notebook cells defining new functions cannot grow it forever. Keys are
-# functions only: a bound method is cached by its function and a partial or a
-# callable object is not cached, so the cache never keeps a user's object alive.
-_func_flags: dict[Any, int] = {}
-
-
-def _flags_for(func: Callable[..., Any]) -> int:
-    key: Any = func.__func__ if type(func) is MethodType else func
-    try:
-        return _func_flags[key]
-    except (KeyError, TypeError):
-        pass
-    flags = IS_ASYNC if inspect.iscoroutinefunction(func) else 0
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    if "progress_callback" in params:
-        flags |= WANTS_PROGRESS
-    if type(key) in _CACHEABLE:
-        if len(_func_flags) >= 4096:
-            _func_flags.clear()
-        _func_flags[key] = flags
-    return flags
-
-
-_CACHEABLE = (FunctionType, BuiltinFunctionType)
-
-
-def _check_timeout(timeout: object, what: str) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
-    value = float(timeout)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive, finite number of seconds, got {timeout!r}")
-    return value
-
-
-def _check_max_workers(max_workers: object) -> int:
-    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-        raise TypeError(f"max_workers must be an int, got {max_workers!r}")
-    if max_workers < 1:
-        raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
-    return max_workers
-
-
-def _type_name(exc: BaseException) -> str:
-    try:
-        return str(type(exc).__name__)
-    except BaseException:  # a metaclass with a hostile __getattribute__
-        return "exception"
-
-
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` without the worker's own frames. Never raises."""
-    try:
-        te = _tb.TracebackException(type(exc), exc, exc.__traceback__)
-        frames = [f for f in te.stack if not f.filename.startswith(_PKG_DIR)]
-        te.stack = _tb.StackSummary.from_list(frames)
-        return "".join(te.format())
-    except BaseException:  # formatting runs user code (__str__, __notes__ ...)
-        return f"{_type_name(exc)}: <its traceback could not be formatted>\n"
-
-
-def _error_message(exc: BaseException) -> str:
-    """``"Type: message"``, never raising: ``str(exc)`` is user code."""
-    name = _type_name(exc)
-    try:
-        text = str(exc)
-    except BaseException:
-        return f"{name}: <str() of the exception raised>"
-    return f"{name}: {text}" if text else name
+#: ``_dask`` imports the per-function check from here (it lives in ``_checks``).
+_flags_for = flags_for
 
 
 class WorkerStats(NamedTuple):
@@ -153,6 +68,8 @@ class WorkerStats(NamedTuple):
     busy: int
     counts: Mapping[TaskStatus, int]
     total: int
+    #: Live ``subscribe()`` subscriptions (dashboards, cell views ...).
+    subscribers: int = 0
 
 
 class AsyncTaskWorker:
@@ -184,12 +101,10 @@ class AsyncTaskWorker:
         cancel_grace: float = 1.0,
         executor: Any = None,
     ) -> None:
-        self._max_workers = _check_max_workers(max_workers)
-        self._task_timeout = _check_timeout(task_timeout, "task_timeout")
-        if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 0:
-            raise ValueError(f"max_history must be a non-negative int, got {max_history!r}")
-        self._max_history = max_history
-        self._cancel_grace = _check_timeout(cancel_grace, "cancel_grace") or 1.0
+        self._max_workers = check_max_workers(max_workers)
+        self._task_timeout = check_timeout(task_timeout, "task_timeout")
+        self._max_history = check_max_history(max_history)
+        self._cancel_grace = check_timeout(cancel_grace, "cancel_grace") or 1.0
         self._executor_default = self._adapt_executor(executor)
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,20 +112,14 @@ class AsyncTaskWorker:
         self._state = "new"  # new -> running -> stopping -> stopped -> running ...
         self._stopped: asyncio.Future[None] | None = None
 
-        # Every known task, in creation order: a TaskRecord while active, its
-        # frozen TaskInfo once finished.
-        self._tasks: dict[str, TaskRecord | TaskInfo] = {}
-        # The queue: a heap of keys (plain ints: cheap to compare, invisible to
-        # the garbage collector) and the pending records by key, in creation order.
-        self._heap: list[int] = []
-        self._queued: dict[int, TaskRecord] = {}
-        self._stale = 0  # heap keys whose task is no longer pending
-        self._running: dict[str, TaskRecord] = {}
-        # Finished snapshots per terminal status, in the order they finished.
-        self._finished: dict[TaskStatus, deque[TaskInfo]] = {s: deque() for s in _TERMINAL}
-        self._n_finished = 0
-        # Job tasks alive, each holding one worker slot.
-        self._active: dict[asyncio.Task[None], TaskRecord] = {}
+        self._table = TaskTable(max_history, self._on_drop)
+        # The asyncio task of every started body ("job"), each holding one slot.
+        self._jobs: dict[asyncio.Task[None], TaskRecord] = {}
+        self._threads = ThreadBodies("task_worker", self._on_abandoned_return)
+        # The table's and the thread bodies' parts read on every task, at hand.
+        self._pending = self._table.pending
+        self._running_recs = self._table.running
+        self._abandoned = self._threads.abandoned
         self._seq = itertools.count()
         # Generated ids: a per-worker random prefix and a counter ("3fa9-1b").
         self._id_prefix = secrets.token_hex(2) + "-"
@@ -218,11 +127,6 @@ class AsyncTaskWorker:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._hub = EventHub()
         self._dirty: dict[str, TaskRecord] = {}  # progress to publish this loop turn
-        self._threads: BodyThreads | None = None
-        self._threads_closer: weakref.finalize[[], AsyncTaskWorker] | None = None
-        # Abandoned thread bodies still running (nobody waits for them any more):
-        # each keeps its slot until its thread returns and says so.
-        self._abandoned = AbandonedThreads(self._thread_freed)
 
     # ------------------------------------------------------------------ state
     @property
@@ -232,7 +136,7 @@ class AsyncTaskWorker:
 
     @max_workers.setter
     def max_workers(self, value: int) -> None:
-        self._max_workers = _check_max_workers(value)
+        self._max_workers = check_max_workers(value)
         if self._state == "running":
             self._dispatch()
         self._emit_worker()
@@ -244,7 +148,7 @@ class AsyncTaskWorker:
 
     @task_timeout.setter
     def task_timeout(self, value: float | None) -> None:
-        self._task_timeout = _check_timeout(value, "task_timeout")
+        self._task_timeout = check_timeout(value, "task_timeout")
         self._emit_worker()
 
     @property
@@ -254,8 +158,13 @@ class AsyncTaskWorker:
 
     @property
     def running(self) -> bool:
-        """True between ``start()`` and ``stop()``: tasks can be added."""
+        """True between ``start()`` and ``stop()``: the worker accepts and runs tasks."""
         return self._state == "running"
+
+    @property
+    def stopping(self) -> bool:
+        """True while ``stop()`` runs: no task is accepted and ``start()`` must wait for it."""
+        return self._state == "stopping"
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -263,22 +172,16 @@ class AsyncTaskWorker:
         return self._loop
 
     def stats(self) -> WorkerStats:
-        """Counts per status, busy slots and state, in O(1)."""
-        counts = {
-            _PENDING: len(self._queued),
-            _RUNNING: len(self._running),
-            _COMPLETED: len(self._finished[_COMPLETED]),
-            _FAILED: len(self._finished[_FAILED]),
-            _CANCELLED: len(self._finished[_CANCELLED]),
-        }
-        return WorkerStats(self.running, self._max_workers, len(self._active) + self._abandoned.count,
-                           MappingProxyType(counts), len(self._tasks))
+        """Counts per status, busy slots, subscriptions and state, in O(1)."""
+        return WorkerStats(self.running, self._max_workers,
+                           len(self._jobs) + self._abandoned.count,
+                           MappingProxyType(self._table.counts()), len(self._table), len(self._hub))
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._table)
 
     def __contains__(self, task_id: object) -> bool:
-        return task_id in self._tasks
+        return task_id in self._table
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -288,7 +191,21 @@ class AsyncTaskWorker:
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Start accepting and running tasks on the running event loop. Idempotent."""
+        """Start accepting and running tasks on the running event loop. Idempotent.
+
+        Raises:
+            RuntimeError: the worker is stopping, or runs on another (open) loop.
+        """
+        self._start(asyncio.get_running_loop())
+
+    def start_nowait(self) -> None:
+        """``start()`` for synchronous code running on the event loop (callbacks,
+        magics, ``task_worker.get_worker()``).
+
+        Raises:
+            RuntimeError: no event loop runs in this thread, the worker is
+                stopping, or it runs on another (open) loop.
+        """
         self._start(asyncio.get_running_loop())
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -306,19 +223,19 @@ class AsyncTaskWorker:
         self._loop_thread = threading.get_ident()
         self._state = "running"
         self._stopped = None
-        if self._heap:
+        if self._table.pending:
             self._schedule_dispatch()
         self._emit_worker()
 
     def _abandon_closed_loop(self) -> None:
         # The loop we ran on was closed without stop(): its tasks are gone, but
         # thread bodies may still run; they keep their slots until they return.
-        for rec in list(self._running.values()):
+        for rec in list(self._table.running.values()):
             if rec.thread is not None:
                 rec.thread.abandon(self._abandoned)
-            self._finish(rec, _CANCELLED, error="cancelled: its event loop was closed")
-        self._active.clear()
-        self._close_threads()
+            self._end(rec, _CANCELLED, error="cancelled: its event loop was closed")
+        self._jobs.clear()
+        self._threads.close()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker.
@@ -328,10 +245,14 @@ class AsyncTaskWorker:
         cancelled; those that still have not finished after ``cancel_grace``
         are marked cancelled and abandoned (an abandoned thread keeps counting
         against ``max_workers`` until it returns, also after a restart).
-        Returns within ``timeout + cancel_grace`` seconds (plus one loop
-        turn). Safe to call again; ``start()`` works afterwards.
+        Returns within ``timeout + cancel_grace`` seconds (plus one loop turn
+        for bodies that ignore cancellation). Safe to call again; ``start()``
+        works afterwards.
+
+        Raises:
+            ValueError, TypeError: ``timeout`` is not a non-negative number.
         """
-        timeout = (_check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
+        timeout = (check_timeout(timeout, "timeout") or 0.0) if timeout else 0.0
         if self._state in ("new", "stopped"):
             return
         if self._state == "stopping":
@@ -343,35 +264,34 @@ class AsyncTaskWorker:
         self._state = "stopping"
         self._stopped = loop.create_future()
         self._emit_worker()
+        table = self._table
         try:
-            for rec in list(self._queued.values()):
-                self._finish(rec, _CANCELLED, error="cancelled: the worker stopped before it started")
-            self._heap.clear()
-            self._stale = 0
-            if self._active and timeout:
-                await asyncio.wait(set(self._active), timeout=timeout)
-            for rec in list(self._running.values()):
-                self._interrupt(rec, SHUTDOWN, force_after=None)
-            if self._active:
-                await asyncio.wait(set(self._active), timeout=self._cancel_grace)
-            for rec in list(self._running.values()):
-                self._finish(rec, _CANCELLED,
-                             error="cancelled: the worker stopped and the task did not unwind in time")
-            if self._active:
-                # A second cancel makes job tasks waiting for a thread stuck in a
-                # C call give up waiting (the thread keeps its slot, see
-                # _abandoned); they do so in one loop turn, inside the budget of
-                # timeout + cancel_grace.
-                for job in list(self._active):
+            for rec in list(table.pending):
+                self._end(rec, _CANCELLED, error="cancelled: the worker stopped before it started")
+            table.pending.clear()
+            if self._jobs and timeout:
+                await asyncio.wait(set(self._jobs), timeout=timeout)
+            for rec in list(table.running.values()):
+                self._tell_to_stop(rec, _WORKER_STOPPED, give_up_after=None)
+            if self._jobs:
+                await asyncio.wait(set(self._jobs), timeout=self._cancel_grace)
+            for rec in list(table.running.values()):
+                self._end(rec, _CANCELLED,
+                          error="cancelled: the worker stopped and the task did not unwind in time")
+            if self._jobs:
+                # A second cancel makes jobs waiting for a thread stuck in a C
+                # call give up waiting (the thread keeps its slot, see
+                # ThreadBodies.wait); they do so in one loop turn.
+                for job in list(self._jobs):
                     job.cancel()
                 await asyncio.sleep(0)
-            if self._active:
+            if self._jobs:
                 # They keep their slots (and their asyncio tasks) until they return.
                 logger.warning(
                     "task_worker: %d task bodies ignored cancellation at stop(); they are abandoned",
-                    len(self._active))
+                    len(self._jobs))
         finally:
-            self._close_threads()  # bodies still running keep their threads
+            self._threads.close()  # bodies still running keep their threads
             self._state = "stopped"
             self._stopped.set_result(None)
             self._wake_idle()
@@ -444,10 +364,10 @@ class AsyncTaskWorker:
     ) -> str:
         if type(task_func) is FunctionType:  # the common case, kept cheap
             func: Callable[..., Any] = task_func
-            name = _registered_names.get(func) or func.__name__
-            flags = _func_flags.get(func)
+            name = registered_name(func) or func.__name__
+            flags = func_flags.get(func)
             if flags is None:
-                flags = _flags_for(func)
+                flags = flags_for(func)
         else:
             if isinstance(task_func, CoroutineType):
                 task_func.close()  # it will never run: no "never awaited" warning
@@ -455,28 +375,28 @@ class AsyncTaskWorker:
                     "add_task() needs a coroutine *function*, not a coroutine object: "
                     "pass `func, *args` instead of `func(*args)`")
             func, name = resolve(task_func)
-            flags = _flags_for(func)
+            flags = flags_for(func)
         if type(priority) is not int:
             raise TypeError(f"priority must be an int, got {priority!r}")
         if timeout is None:
             timeout = self._task_timeout
         else:
-            timeout = _check_timeout(timeout, "timeout")
+            timeout = check_timeout(timeout, "timeout")
         if metadata is None:
             meta = _EMPTY_METADATA
         elif isinstance(metadata, Mapping):
             meta = MappingProxyType(dict(metadata))
         else:
             raise TypeError(f"metadata must be a mapping or None, got {metadata!r}")
-        tasks = self._tasks
+        table = self._table
         seq = next(self._seq)
         if task_id is None:
             task_id = f"{self._id_prefix}{seq:x}"
-            while task_id in tasks:  # a caller chose an id of our form
+            while table.contains(task_id):  # a caller chose an id of our form
                 task_id = f"{self._id_prefix}{next(self._seq):x}"
         elif type(task_id) is not str or not task_id:
             raise TypeError(f"task_id must be a non-empty str or None, got {task_id!r}")
-        elif task_id in tasks:
+        elif table.contains(task_id):
             raise ValueError(f"a task with id {task_id!r} already exists")
         if executor is not None:
             executor = self._adapt_executor(executor)
@@ -487,12 +407,10 @@ class AsyncTaskWorker:
         key = (priority << SEQ_BITS) | seq
         rec = TaskRecord(self, task_id, name, func, args, kwargs or None, key, meta, timeout,
                          _now(), contextvars.copy_context(), flags, executor)
-        tasks[task_id] = rec
-        self._queued[key] = rec
-        heapq.heappush(self._heap, key)
+        table.add(rec)
         if not self._dispatch_scheduled:
             self._schedule_dispatch()
-        if self._hub.active:
+        if self._hub.has_subscribers:
             self._hub.emit(TaskEvent(_ADDED, rec.snapshot()))
         return task_id
 
@@ -527,43 +445,42 @@ class AsyncTaskWorker:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        heap = self._heap
-        queued = self._queued
-        active = self._active
+        """Start pending tasks, in queue order, while slots are free."""
+        pop = self._pending.pop
+        jobs = self._jobs
+        running = self._running_recs
         limit = self._max_workers - self._abandoned.count
-        while heap and len(active) < limit:
-            rec = queued.pop(heapq.heappop(heap), None)
-            if rec is None:
-                self._stale -= 1
-                continue
-            self._launch(rec)
-
-    def _launch(self, rec: TaskRecord) -> None:
         loop = self._loop
-        assert loop is not None and rec.ctx is not None
-        rec.status = _RUNNING
-        rec.started = _now()
-        self._running[rec.id] = rec
-        if _PY311:
-            task = loop.create_task(self._run(rec), context=rec.ctx)
-        else:  # pragma: no cover - Python 3.10
-            task = rec.ctx.run(loop.create_task, self._run(rec))
-        rec.task = task
-        self._active[task] = rec
-        if rec.timeout is not None:
-            rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
-        if self._hub.active:
-            self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
+        assert loop is not None
+        while len(jobs) < limit:
+            rec = pop()
+            if rec is None:
+                return
+            # Launch it (inline: this runs once per task).
+            assert rec.ctx is not None
+            rec.status = _RUNNING
+            rec.started = _now()
+            running[rec.id] = rec
+            if _PY311:
+                job = loop.create_task(self._run(rec), context=rec.ctx)
+            else:  # pragma: no cover - Python 3.10
+                job = rec.ctx.run(loop.create_task, self._run(rec))
+            rec.task = job
+            jobs[job] = rec
+            if rec.timeout is not None:
+                rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
+            if self._hub.has_subscribers:
+                self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
 
     async def _run(self, rec: TaskRecord) -> None:
-        # The job's asyncio task. It releases its own slot (no done callback:
-        # one loop callback less per task). Only the worker cancels it, and
-        # never before this first step (see _interrupt), so the finally below
-        # always runs.
+        # The job: one task's asyncio task. It releases its own slot (no done
+        # callback: one loop callback less per task). Only the worker cancels
+        # it, and never before this first step (see _tell_to_stop), so the
+        # finally below always runs.
         rec.flags |= STEPPED
         try:
-            if rec.cancel_reason is not None:  # cancelled before its first step
-                self._finish_stopped(rec)
+            if rec.cancel_reason is not None:  # told to stop before its first step
+                self._end_as_told(rec)
                 return
             current_sink.set(rec)
             func = rec.func
@@ -580,7 +497,9 @@ class AsyncTaskWorker:
                 elif rec.flags & IS_ASYNC:
                     result = await (func(*args, **kwargs) if kwargs else func(*args))
                 else:
-                    ok, result = await self._run_in_thread(rec, func, args, kwargs or {})
+                    assert self._loop is not None
+                    run = rec.thread = self._threads.start(self._loop, func, args, kwargs or {})
+                    ok, result = await self._threads.wait(run, INJECT_AFTER)
                     if not ok:
                         # Raised and caught in this frame: a StopIteration stays one
                         # (out of a coroutine it would become a RuntimeError).
@@ -589,72 +508,28 @@ class AsyncTaskWorker:
                         result = await result
             except asyncio.CancelledError:
                 reason = rec.cancel_reason
-                self._finish_stopped(rec)
+                self._end_as_told(rec)
                 if reason is None:
                     raise  # not a cancellation we asked for: let it propagate
             except BaseException as exc:
                 # Also ThreadInterrupted: ours when a cancel reason is set, else
                 # the body raised it itself and simply failed.
                 if rec.cancel_reason is not None:
-                    self._finish_stopped(rec)
+                    self._end_as_told(rec)
                 else:
-                    self._finish(rec, _FAILED, exc=exc)
+                    self._end(rec, _FAILED, exc=exc)
             else:
                 if rec.cancel_reason is not None:
-                    self._finish_stopped(rec)
+                    self._end_as_told(rec)
                 else:
-                    self._finish(rec, _COMPLETED, result=result)
+                    self._end(rec, _COMPLETED, result=result)
         finally:
             # Release the slot and start the next task, in this same step.
-            if self._active.pop(rec.task, None) is not None and self._heap:  # type: ignore[arg-type]
+            if self._jobs.pop(rec.task, None) is not None:  # type: ignore[arg-type]
                 if self._state == "running":
                     self._dispatch()
 
-    async def _run_in_thread(
-        self, rec: TaskRecord, func: Callable[..., Any], args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> tuple[bool, Any]:
-        """Run a sync body in its own thread; ``(True, result)`` or ``(False, exception)``."""
-        loop = self._loop
-        assert loop is not None
-        threads = self._threads
-        if threads is None:
-            threads = self._open_threads()
-        run = ThreadRun(loop.create_future())
-        rec.thread = run
-        # The thread gets a copy of the task's context: report_progress and
-        # output routing work there, as with asyncio.to_thread.
-        ctx = contextvars.copy_context()
-        threads.submit(ctx.run, run.main, loop, func, args, kwargs)
-        try:
-            return await asyncio.shield(run.done)
-        except asyncio.CancelledError:
-            run.request_stop()
-            loop.call_later(INJECT_AFTER, run.inject)
-            # Hold the worker slot until the thread has really stopped, so that
-            # no more than max_workers bodies ever run.
-            try:
-                await asyncio.shield(run.done)
-            except asyncio.CancelledError:
-                # Cancelled again (stop): stop waiting, but the thread keeps
-                # counting against max_workers until it returns.
-                run.abandon(self._abandoned)
-                raise
-            raise
-
-    def _open_threads(self) -> BodyThreads:
-        threads = self._threads = BodyThreads("task_worker")
-        # A worker dropped without stop(): its idle threads exit with it.
-        self._threads_closer = weakref.finalize(self, threads.shutdown)
-        return threads
-
-    def _close_threads(self) -> None:
-        if self._threads_closer is not None:
-            self._threads_closer()  # shuts the threads down, once
-            self._threads_closer = None
-        self._threads = None
-
-    def _thread_freed(self) -> None:
+    def _on_abandoned_return(self) -> None:
         # Called in an abandoned body's thread once it returned and gave its
         # slot back: start waiting tasks on whatever loop the worker runs on now.
         loop = self._loop
@@ -666,12 +541,11 @@ class AsyncTaskWorker:
             pass
 
     def _dispatch_soon_unflagged(self) -> None:
-        if self._heap and self._state == "running":
+        if self._state == "running":
             self._dispatch()
 
+    # --------------------------------------------------------------- progress
     def _progress_callback(self, rec: TaskRecord) -> Callable[[float], None]:
-        from ._progress import check_fraction
-
         def progress_callback(fraction: float) -> None:
             self._report(rec, check_fraction(fraction))
 
@@ -706,104 +580,86 @@ class AsyncTaskWorker:
             if rec.info is None:
                 emit(TaskEvent(_PROGRESS, rec.snapshot()))
 
+    # ------------------------------------------------------- stopping a task
     def _on_timeout(self, rec: TaskRecord) -> None:
         rec.timer = None
         if rec.status is _RUNNING:
-            self._interrupt(rec, TIMEOUT, force_after=self._cancel_grace)
+            self._tell_to_stop(rec, _TIMED_OUT, give_up_after=self._cancel_grace)
 
-    def _interrupt(self, rec: TaskRecord, reason: str, force_after: float | None) -> None:
+    def _tell_to_stop(self, rec: TaskRecord, reason: CancelReason, give_up_after: float | None) -> None:
+        """Cancel a running task's job for ``reason`` (the first reason given wins);
+        after ``give_up_after`` seconds, end it even if its body has not unwound."""
         if rec.cancel_reason is None:
             rec.cancel_reason = reason
         if rec.task is not None and rec.flags & STEPPED:
             # Not before its first step: _run then sees cancel_reason itself.
             rec.task.cancel()
-        if force_after is not None and self._loop is not None:
-            self._loop.call_later(force_after, self._force_finish, rec)
+        if give_up_after is not None and self._loop is not None:
+            self._loop.call_later(give_up_after, self._give_up_on, rec)
 
-    def _force_finish(self, rec: TaskRecord) -> None:
+    def _give_up_on(self, rec: TaskRecord) -> None:
+        """The grace period is over: end the task now; its body is abandoned."""
         if rec.info is None:
-            self._finish_stopped(rec, note=" (its body did not stop in time and was abandoned)")
+            self._end_as_told(rec, note=" (its body did not stop in time and was abandoned)")
 
-    def _finish_stopped(self, rec: TaskRecord, note: str = "") -> None:
+    def _end_as_told(self, rec: TaskRecord, note: str = "") -> None:
+        """End a task the worker told to stop, as its ``cancel_reason`` says."""
         reason = rec.cancel_reason
-        if reason == TIMEOUT:
+        if reason is _TIMED_OUT:
             exc = TimeoutError(f"task {rec.id!r} timed out after {rec.timeout:g} s{note}")
-            self._finish(rec, _FAILED, exc=exc, keep_traceback=False)
-        elif reason == SHUTDOWN:
-            self._finish(rec, _CANCELLED, error=f"cancelled: the worker stopped{note}")
-        elif reason == CANCEL:
-            self._finish(rec, _CANCELLED, error=f"cancelled{note}")
+            self._end(rec, _FAILED, exc=exc, keep_traceback=False)
+        elif reason is _WORKER_STOPPED:
+            self._end(rec, _CANCELLED, error=f"cancelled: the worker stopped{note}")
+        elif reason is _CANCELLED_BY_USER:
+            self._end(rec, _CANCELLED, error=f"cancelled{note}")
         else:
-            self._finish(rec, _CANCELLED, error=f"cancelled from outside the worker{note}")
+            self._end(rec, _CANCELLED, error=f"cancelled from outside the worker{note}")
 
-    def _finish(
+    def _end(
         self, rec: TaskRecord, status: TaskStatus, *, result: Any = None,
         exc: BaseException | None = None, error: str | None = None, keep_traceback: bool = True,
     ) -> None:
-        """Move ``rec`` to its terminal ``status`` exactly once."""
+        """Move ``rec`` to its terminal ``status``, exactly once: the one place a task ends."""
         if rec.info is not None:
             return
-        prev = rec.status
-        if prev is _PENDING:
-            del self._queued[rec.key]
-            self._stale += 1
-            if self._stale > 1024 and self._stale * 2 > len(self._heap):
-                self._compact_heap()
-        else:
-            del self._running[rec.id]
         if rec.timer is not None:
             rec.timer.cancel()
             rec.timer = None
-        rec.status = status
         tb = None
         if exc is not None:
             # User code (__str__, __repr__, __notes__ ...) that may raise: never
-            # allowed to abort the finish half way.
-            error = _error_message(exc)
+            # allowed to abort the ending half way.
+            error = error_message(exc)
             if keep_traceback:
-                tb = _format_traceback(exc)
+                tb = format_traceback(exc)
         progress = 1.0 if status is _COMPLETED else rec.progress
         key = rec.key
-        info = TaskInfo._make((
+        info = new_info((
             rec.id, rec.name, status, key >> SEQ_BITS, progress, result, error, exc, tb,
             rec.metadata, rec.created, rec.started, _now(), key & SEQ_MASK,
         ))
+        over_cap = self._table.finish(rec, info)  # reads rec.status: still the old one
+        rec.status = status
         rec.info = info
         # Drop what the record no longer needs (arguments can be large).
         rec.func = None
         rec.args = ()
         rec.kwargs = None
         rec.ctx = None
-        self._tasks[rec.id] = info
-        self._finished[status].append(info)
-        self._n_finished += 1
         if rec.waiter is not None and not rec.waiter.done():
             rec.waiter.set_result(info)
-        if self._hub.active:
+        if self._hub.has_subscribers:
             self._hub.emit(TaskEvent(_FINISHED, info))
-        if self._n_finished > self._max_history:
-            self._trim_history()
-        if self._idle_waiters and not self._queued and not self._running:
+        if over_cap:
+            self._table.trim()
+        # Running tasks first: a plain dict, the cheap test that fails most often.
+        if self._idle_waiters and not self._running_recs and not self._pending:
             self._wake_idle()
 
-    def _compact_heap(self) -> None:
-        queued = self._queued
-        self._heap = [k for k in self._heap if k in queued]
-        heapq.heapify(self._heap)
-        self._stale = 0
-
-    def _trim_history(self) -> None:
-        queues = [q for q in self._finished.values()]
-        while self._n_finished > self._max_history:
-            # The oldest finished task is at the front of one of the three queues.
-            oldest = min((q for q in queues if q), key=lambda q: q[0][12])
-            self._drop(oldest.popleft())
-
-    def _drop(self, info: TaskInfo) -> None:
-        del self._tasks[info[0]]
-        self._n_finished -= 1
-        if self._hub.active:
-            self._hub.emit(TaskEvent(EventKind.REMOVED, info))
+    def _on_drop(self, info: TaskInfo) -> None:
+        # A finished task left the history (clear() or max_history).
+        if self._hub.has_subscribers:
+            self._hub.emit(TaskEvent(_REMOVED, info))
 
     def _wake_idle(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
@@ -812,7 +668,7 @@ class AsyncTaskWorker:
                 fut.set_result(None)
 
     def _emit_worker(self) -> None:
-        if self._hub.active:
+        if self._hub.has_subscribers:
             self._hub.emit(TaskEvent(EventKind.WORKER, None))
 
     # ------------------------------------------------------------- cancelling
@@ -838,7 +694,7 @@ class AsyncTaskWorker:
             try:
                 await asyncio.wait_for(asyncio.shield(fut), self._cancel_grace)
             except asyncio.TimeoutError:
-                self._force_finish(rec)
+                self._give_up_on(rec)
         return True
 
     def cancel_task_nowait(self, task_id: str) -> bool:
@@ -851,13 +707,13 @@ class AsyncTaskWorker:
         return self._cancel(task_id) is not None
 
     def _cancel(self, task_id: str) -> TaskRecord | None:
-        rec = self._tasks.get(task_id)
+        rec = self._table.get(task_id)
         if type(rec) is not TaskRecord:
             return None
         if rec.status is _PENDING:
-            self._finish(rec, _CANCELLED, error="cancelled before it started")
+            self._end(rec, _CANCELLED, error="cancelled before it started")
         elif rec.cancel_reason is None:
-            self._interrupt(rec, CANCEL, force_after=self._cancel_grace)
+            self._tell_to_stop(rec, _CANCELLED_BY_USER, give_up_after=self._cancel_grace)
         return rec
 
     # ---------------------------------------------------------------- waiting
@@ -881,20 +737,20 @@ class AsyncTaskWorker:
                 ``StopIteration``, which is its ``__cause__``: raised as it is, it
                 would stop the event loop (or could not leave a coroutine).
         """
-        timeout = _check_timeout(timeout, "timeout")
-        item = self._tasks.get(task_id)
+        timeout = check_timeout(timeout, "timeout")
+        item = self._table.get(task_id)
         if item is None:
             raise KeyError(f"no task with id {task_id!r}")
         if type(item) is TaskRecord:
             info = await asyncio.wait_for(asyncio.shield(self._waiter(item)), timeout)
         else:
             info = item  # type: ignore[assignment]
-        return _outcome(info)
+        return outcome(info)
 
     def get_task_future(self, task_id: str) -> asyncio.Future[Any]:
         """A future resolving to the task's result (or raising its exception), as in the
         original API. Prefer ``await worker.wait(task_id)``."""
-        if task_id not in self._tasks:
+        if task_id not in self._table:
             raise KeyError(f"no task with id {task_id!r}")
         fut = asyncio.ensure_future(self.wait(task_id))
         fut.add_done_callback(_consume)
@@ -906,7 +762,7 @@ class AsyncTaskWorker:
 
     async def join(self) -> None:
         """Return when no task is pending or running."""
-        if not self._queued and not self._running:
+        if self._table.idle:
             return
         assert self._loop is not None
         fut = self._loop.create_future()
@@ -916,7 +772,7 @@ class AsyncTaskWorker:
     # ----------------------------------------------------------------- queries
     def get_task_info(self, task_id: str) -> TaskInfo | None:
         """A snapshot of the task, or ``None`` for an unknown id."""
-        item = self._tasks.get(task_id)
+        item = self._table.get(task_id)
         if item is None or isinstance(item, TaskInfo):
             return item
         return item.snapshot()
@@ -935,38 +791,15 @@ class AsyncTaskWorker:
             older_than: Keep only tasks created more than this long ago.
 
         Costs time in proportion to what it returns (per-status indexes).
-        """
-        statuses = _parse_statuses(status)
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-            if limit == 0:
-                return []
-        cutoff = None
-        if older_than is not None:
-            if not isinstance(older_than, timedelta):
-                raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
-            cutoff = _now() - older_than.total_seconds()
 
-        if statuses is None:
-            return _newest(reversed(self._tasks.values()), limit, cutoff)
-        sizes = self._index_sizes(statuses)
-        matches = sum(sizes)
-        if matches == 0:
+        Raises:
+            ValueError: a bad ``status`` value or ``limit``.
+            TypeError: ``status`` or ``older_than`` of the wrong type.
+        """
+        statuses = parse_statuses(status)
+        if check_limit(limit) == 0:
             return []
-        total = len(self._tasks)
-        if limit is not None and limit * total < matches * matches:
-            # Few wanted and matches are common: scanning newest-first is cheaper than sorting.
-            wanted = frozenset(statuses)
-            it = (x for x in reversed(self._tasks.values()) if x.status in wanted)
-            return _newest(it, limit, cutoff)
-        items: list[TaskInfo] = []
-        for s in statuses:
-            items.extend(self._index_items(s))
-        items.sort(key=_seq_key, reverse=True)
-        if cutoff is not None:
-            items = [i for i in items if i[10] < cutoff]
-        return items if limit is None else items[:limit]
+        return self._table.query(statuses, limit, cutoff_for(older_than))
 
     def get_queue(self, limit: int | None = None) -> list[TaskInfo]:
         """Pending tasks in the order they will start (cost O(n log limit)).
@@ -974,66 +807,22 @@ class AsyncTaskWorker:
         Raises:
             ValueError: ``limit`` is not a non-negative int or None.
         """
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-        queued = self._queued
-        if limit is None:
-            keys = sorted(queued)
-        else:
-            # Walk the heap lazily, smallest first: O((limit + stale) log n).
-            heap = self._heap
-            size = len(heap)
-            keys = []
-            frontier = [(heap[0], 0)] if heap else []
-            while frontier and len(keys) < limit:
-                key, i = heapq.heappop(frontier)
-                if key in queued:
-                    keys.append(key)
-                for child in (2 * i + 1, 2 * i + 2):
-                    if child < size:
-                        heapq.heappush(frontier, (heap[child], child))
-        return [queued[k].snapshot() for k in keys]
+        return [r.snapshot() for r in self._table.pending.peek(check_limit(limit))]
 
     def get_running(self) -> list[TaskInfo]:
         """Running tasks, in the order they started."""
-        return [r.snapshot() for r in self._running.values()]
-
-    def _index_sizes(self, statuses: list[TaskStatus]) -> list[int]:
-        out = []
-        for s in statuses:
-            if s is _PENDING:
-                out.append(len(self._queued))
-            elif s is _RUNNING:
-                out.append(len(self._running))
-            else:
-                out.append(len(self._finished[s]))
-        return out
-
-    def _index_items(self, status: TaskStatus) -> Iterable[TaskInfo]:
-        if status is _PENDING:
-            return [r.snapshot() for r in self._queued.values()]
-        if status is _RUNNING:
-            return [r.snapshot() for r in self._running.values()]
-        return self._finished[status]
+        return [r.snapshot() for r in self._table.running.values()]
 
     def clear(self, older_than: timedelta | None = None) -> int:
         """Drop finished tasks (those that finished more than ``older_than`` ago, if
         given) from the history. Pending and running tasks are never dropped.
 
         Returns how many were dropped.
+
+        Raises:
+            TypeError: ``older_than`` is not a ``datetime.timedelta``.
         """
-        cutoff = None
-        if older_than is not None:
-            if not isinstance(older_than, timedelta):
-                raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
-            cutoff = _now() - older_than.total_seconds()
-        dropped = 0
-        for queue in self._finished.values():
-            # Each queue is in finishing order: the ones to drop are at its front.
-            while queue and (cutoff is None or queue[0][12] < cutoff):
-                self._drop(queue.popleft())
-                dropped += 1
-        return dropped
+        return self._table.clear(cutoff_for(older_than))
 
     # ------------------------------------------------------------------- views
     def dashboard(self, **options: Any) -> Any:
@@ -1066,51 +855,11 @@ class AsyncTaskWorker:
                 per event whatever the number of such subscribers.
             progress: ``False`` to receive no progress events. When nobody
                 wants them, ``report_progress`` only stores the value.
+
+        Raises:
+            TypeError: ``callback`` is not callable or ``task_id`` not a str.
         """
         return self._hub.subscribe(callback, task_id=task_id, progress=progress)
-
-
-# Creation order of a snapshot (C-level getter: this key runs once per item sorted).
-_seq_key = operator.itemgetter(13)
-
-
-def _newest(items: Iterable[TaskRecord | TaskInfo], limit: int | None,
-            cutoff: float | None) -> list[TaskInfo]:
-    out: list[TaskInfo] = []
-    for item in items:
-        info = item.snapshot() if isinstance(item, TaskRecord) else item
-        if cutoff is not None and info[10] >= cutoff:
-            continue
-        out.append(info)
-        if limit is not None and len(out) >= limit:
-            break
-    return out
-
-
-def _parse_statuses(status: object) -> list[TaskStatus] | None:
-    if status is None:
-        return None
-    if isinstance(status, (str, TaskStatus)):
-        return [TaskStatus.parse(status)]
-    if isinstance(status, Iterable):
-        return list(dict.fromkeys(TaskStatus.parse(s) for s in status))
-    raise TypeError(f"status must be a TaskStatus, its string value, or a collection of them, got {status!r}")
-
-
-def _outcome(info: TaskInfo) -> Any:
-    status = info[2]
-    if status is _COMPLETED:
-        return info[5]
-    if status is _FAILED:
-        exc = info[7]
-        if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
-            raise exc
-        # SystemExit, KeyboardInterrupt...: asyncio re-raises those out of the
-        # event loop (killing a kernel) when they leave a coroutine. A
-        # StopIteration cannot leave one (Python turns it into a RuntimeError).
-        raise RuntimeError(
-            f"task {info[0]!r} failed with {_error_message(exc)}") from exc
-    raise asyncio.CancelledError(info[6] or "cancelled")
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from helpers import wait_for_progress
 
 from task_worker import AsyncTaskWorker, EventKind, TaskEvent
 
@@ -90,9 +91,8 @@ async def test_task_subscription_sees_only_its_task_and_progress_can_be_turned_o
     b = await worker.add_task(body)
     worker.subscribe(mine.append, task_id=a)
     worker.subscribe(quiet.append, progress=False)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await wait_for_progress(worker, a, 0.5)
+    await wait_for_progress(worker, b, 0.5)
     gate.set()
     await worker.join()
     assert {e.task_id for e in mine} == {a}

@@ -51,3 +51,18 @@ def test_register_needs_a_callable() -> None:
     with pytest.raises(TypeError, match="callable"):
         register_task("x", 3)  # type: ignore[arg-type]
     assert get_task_function("x") is None
+
+
+def test_registered_name_is_the_public_reverse_lookup() -> None:
+    from task_worker._registry import registered_name
+
+    async def crunch() -> None: ...
+
+    assert registered_name(crunch) is None
+    register_task("crunch_type", crunch)
+    assert registered_name(crunch) == "crunch_type"
+    unregister_task("crunch_type")
+    assert registered_name(crunch) is None
+    register_task("again", crunch)
+    clear_registry()
+    assert registered_name(crunch) is None

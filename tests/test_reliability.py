@@ -77,7 +77,7 @@ class Model:
         info = event.info
         if info is None:
             return
-        key = (info.priority, info[13])
+        key = (info.priority, info.seq)
         if event.kind == EventKind.ADDED:
             self.pending[info.id] = key
         elif event.kind == EventKind.STARTED:

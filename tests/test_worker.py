@@ -12,6 +12,7 @@ import warnings
 from datetime import timedelta, timezone
 
 import pytest
+from helpers import next_dispatch, wait_for_status, wait_until
 
 from task_worker import AsyncTaskWorker, TaskInfo, TaskStatus, report_progress, task
 
@@ -81,12 +82,7 @@ async def test_original_readme_quickstart_runs_unchanged() -> None:
     await worker.start()
     try:
         task_id = await worker.add_task(process_data, [1, 2, 3, 4, 5], priority=0)
-        while True:
-            info = worker.get_task_info(task_id)
-            assert info is not None
-            if info.status not in ("pending", "running"):
-                break
-            await asyncio.sleep(0.001)
+        await wait_for_status(worker, task_id, "completed", "failed", "cancelled")
         info = worker.get_task_info(task_id)
         assert info is not None and info.status == "completed"
         assert info.result == [2, 4, 6, 8, 10]
@@ -219,14 +215,12 @@ async def test_concurrency_never_exceeds_max_workers_and_free_slots_fill_at_once
         events = [asyncio.Event() for _ in range(9)]
         ids = [await w.add_task(body, ev) for ev in events]
         release.extend(events)
-        await asyncio.sleep(0)  # let the dispatcher run
-        await asyncio.sleep(0)
+        await next_dispatch()
         assert w.stats().busy == 3
         assert [w.get_task_info(i).status for i in ids].count("running") == 3  # type: ignore[union-attr]
         # Finishing one task starts the next in the same loop pass: no polling delay.
         events[0].set()
         await w.wait(ids[0])
-        await asyncio.sleep(0)
         assert w.get_task_info(ids[3]).status == "running"  # type: ignore[union-attr]
         for ev in events:
             ev.set()
@@ -239,7 +233,7 @@ async def test_max_workers_can_grow_at_runtime() -> None:
         gate = asyncio.Event()
         a = await w.add_task(gate.wait)
         b = await w.add_task(gate.wait)
-        await asyncio.sleep(0)
+        await next_dispatch()
         assert w.get_task_info(b).status == "pending"  # type: ignore[union-attr]
         w.max_workers = 2
         assert w.get_task_info(b).status == "running"  # type: ignore[union-attr]
@@ -550,7 +544,7 @@ async def test_thread_in_c_call_is_marked_cancelled_after_grace_and_keeps_its_sl
         assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
         assert "abandoned" in (w.get_task_info(tid).error or "")  # type: ignore[union-attr]
         nxt = await w.add_task(_value, 1)
-        await asyncio.sleep(0.01)
+        await next_dispatch()
         # the slot is still held by the thread finishing its C call
         assert w.stats().busy == 1
         assert w.get_task_info(nxt).status == "pending"  # type: ignore[union-attr]
@@ -587,7 +581,7 @@ async def test_stop_cancels_pending_and_running_and_leaves_no_asyncio_task() -> 
     w = AsyncTaskWorker(max_workers=2, cancel_grace=0.2)
     await w.start()
     ids = [await w.add_task(asyncio.sleep, 30) for _ in range(5)]
-    await asyncio.sleep(0)
+    await next_dispatch()
     t0 = time.perf_counter()
     await w.stop(timeout=0.1)
     elapsed = time.perf_counter() - t0
@@ -609,7 +603,7 @@ async def test_stop_lets_running_tasks_finish_within_timeout() -> None:
         return "finished"
 
     tid = await w.add_task(body)
-    await asyncio.sleep(0)
+    await wait_for_status(w, tid, "running")
     asyncio.get_running_loop().call_soon(gate.set)
     await w.stop(timeout=5)
     assert w.get_task_info(tid).status == "completed"  # type: ignore[union-attr]
@@ -634,7 +628,7 @@ async def test_stop_with_a_stuck_thread_returns_in_bounded_time() -> None:
     # The abandoned thread still holds the only slot after a restart...
     await w.start()
     nxt = await w.add_task(_value, "next")
-    await asyncio.sleep(0.01)
+    await next_dispatch()
     assert w.stats().busy == 1
     assert w.get_task_info(nxt).status == "pending"  # type: ignore[union-attr]
     # ...until its C call returns.
@@ -664,7 +658,7 @@ async def test_bodies_launched_before_max_workers_shrinks_all_run_and_free_their
     await w.start()
     for tag in "abc":
         await w.add_task(blocked, tag)
-    await asyncio.sleep(0)  # launched (their asyncio tasks exist), threads not yet asked for
+    await next_dispatch()  # launched (their asyncio tasks exist), threads not yet asked for
     w.max_workers = 1
     assert await asyncio.to_thread(all_started.wait, 10), started
     await w.stop(timeout=0.01)
@@ -780,7 +774,7 @@ async def test_get_queue_lists_pending_in_start_order() -> None:
     async with AsyncTaskWorker(max_workers=1) as w:
         gate = asyncio.Event()
         await w.add_task(gate.wait)
-        await asyncio.sleep(0)
+        await next_dispatch()
         ids = {p: await w.add_task(_value, p, priority=p) for p in (5, 1, 3)}
         assert [i.id for i in w.get_queue()] == [ids[1], ids[3], ids[5]]
         assert [i.id for i in w.get_queue(limit=1)] == [ids[1]]
@@ -794,8 +788,8 @@ async def test_history_is_bounded_oldest_first_and_clear_drops_finished() -> Non
         gate = asyncio.Event()
         keep_running = await w.add_task(gate.wait)
         ids = [await w.add_task(_value, i) for i in range(8)]
-        while w.stats().counts[TaskStatus.PENDING] or len(w.get_running()) > 1:
-            await w.wait(w.get_running()[-1].id) if len(w.get_running()) > 1 else await asyncio.sleep(0)
+        await wait_until(w, lambda: w.stats().counts[TaskStatus.COMPLETED] == 5
+                         and not w.stats().counts[TaskStatus.PENDING] and len(w.get_running()) == 1)
         known = [t.id for t in w.get_all_tasks()]
         assert keep_running in known
         assert [i for i in ids if i in known] == ids[-5:]
@@ -810,7 +804,7 @@ async def test_get_queue_with_limit_walks_past_cancelled_entries() -> None:
     async with AsyncTaskWorker(max_workers=1) as w:
         gate = asyncio.Event()
         await w.add_task(gate.wait)
-        await asyncio.sleep(0)
+        await next_dispatch()
         ids = [await w.add_task(_value, i, priority=i % 7) for i in range(200)]
         for tid in ids[::3]:
             await w.cancel_task(tid)
@@ -1020,3 +1014,59 @@ async def test_a_bound_method_or_partial_task_does_not_keep_its_object_alive(wor
     del holder
     gc.collect()
     assert ref() is None  # the per-function cache held it until 4096 other functions came by
+
+
+# ------------------------------------------------------ public state for views
+async def test_stats_counts_live_subscriptions(worker: AsyncTaskWorker) -> None:
+    assert worker.stats().subscribers == 0
+    off_all = worker.subscribe(lambda e: None)
+    off_one = worker.subscribe(lambda e: None, task_id="x", progress=False)
+    assert worker.stats().subscribers == 2
+    off_all()
+    off_all()  # unsubscribing twice counts once
+    assert worker.stats().subscribers == 1
+    off_one()
+    assert worker.stats().subscribers == 0
+
+
+async def test_start_nowait_starts_on_the_running_loop_and_refuses_while_stopping() -> None:
+    w = AsyncTaskWorker(cancel_grace=0.05)
+    assert not w.running and not w.stopping
+    w.start_nowait()
+    assert w.running and w.loop is asyncio.get_running_loop()
+    w.start_nowait()  # idempotent
+    gate = asyncio.Event()
+    await w.add_task(gate.wait)
+    await next_dispatch()
+    stopping = asyncio.ensure_future(w.stop(timeout=0.01))
+    await next_dispatch()
+    assert w.stopping and not w.running
+    with pytest.raises(RuntimeError, match="stopping"):
+        w.start_nowait()
+    await stopping
+    assert not w.stopping
+    w.start_nowait()
+    assert w.running
+    await w.stop()
+
+
+def test_start_nowait_needs_a_running_loop() -> None:
+    with pytest.raises(RuntimeError):
+        AsyncTaskWorker().start_nowait()
+
+
+async def test_cancel_reasons_are_typed_and_each_ends_the_task_its_own_way() -> None:
+    from task_worker._record import CancelReason
+
+    assert {r.value for r in CancelReason} == {"cancelled", "timed out", "worker stopped"}
+    async with AsyncTaskWorker(cancel_grace=5) as w:
+        cancelled = await w.add_task(asyncio.sleep, 30)
+        timed_out = await w.add_task(asyncio.sleep, 30, timeout=0.05)
+        stopped = await w.add_task(asyncio.sleep, 30)
+        await wait_for_status(w, cancelled, "running")
+        await w.cancel_task(cancelled)
+        await wait_for_status(w, timed_out, "failed")
+    info = {t: w.get_task_info(t) for t in (cancelled, timed_out, stopped)}
+    assert info[cancelled].error == "cancelled"  # type: ignore[union-attr]
+    assert isinstance(info[timed_out].exception, TimeoutError)  # type: ignore[union-attr]
+    assert info[stopped].error == "cancelled: the worker stopped"  # type: ignore[union-attr]
