@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import timedelta
 from types import CoroutineType, FunctionType, MappingProxyType, TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._checks import (
     check_limit,
@@ -38,6 +38,9 @@ from ._registry import registered_name, resolve
 from ._status import TaskStatus
 from ._threads import ThreadBodies
 
+if TYPE_CHECKING:
+    from ._dashboard import TaskDashboard
+
 logger = logging.getLogger("task_worker")
 
 _PY311 = sys.version_info >= (3, 11)
@@ -54,8 +57,6 @@ _CANCELLED_BY_USER = CancelReason.CANCELLED
 _TIMED_OUT = CancelReason.TIMED_OUT
 _WORKER_STOPPED = CancelReason.WORKER_STOPPED
 _now = time.time
-#: ``_dask`` imports the per-function check from here (it lives in ``_checks``).
-_flags_for = flags_for
 
 
 class WorkerStats(NamedTuple):
@@ -825,12 +826,15 @@ class AsyncTaskWorker:
         return self._table.clear(cutoff_for(older_than))
 
     # ------------------------------------------------------------------- views
-    def dashboard(self, **options: Any) -> Any:
-        """A live ``TaskDashboard`` widget of this worker (needs ``task_worker[jupyter]``)."""
+    def dashboard(self, **options: Any) -> TaskDashboard:
+        """A live ``TaskDashboard`` widget of this worker (needs ``task_worker[jupyter]``).
+
+        Raises:
+            ImportError: anywidget (``task_worker[jupyter]``) is not installed.
+        """
         from ._dashboard import TaskDashboard
 
-        factory: Any = TaskDashboard
-        return factory(self, **options)
+        return TaskDashboard(self, **options)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
         # display(worker) shows a live dashboard, with a text table as fallback.

@@ -744,23 +744,23 @@ async def test_bad_arguments_are_refused(worker: AsyncTaskWorker) -> None:
         TaskDashboard(worker, task_id="nope")
     with pytest.raises(ValueError, match="status_filter"):
         TaskDashboard(worker, status_filter="done-ish")
-    assert len(worker._hub) == 0
+    assert worker.stats().subscribers == 0
 
 
 # ---------------------------------------------------------------- lifetime
 async def test_close_unsubscribes_and_cancels_the_timer(worker: AsyncTaskWorker, clock: FakeClock) -> None:
     dash = make_dashboard(worker, clock)
     other = make_dashboard(worker, clock)
-    assert len(worker._hub) == 2
+    assert worker.stats().subscribers == 2
     await worker.add_task(blocker, asyncio.Event())
     assert len(clock.pending) == 2
     dash.close()
     assert dash.closed and dash.comm is None
-    assert len(worker._hub) == 1  # the other dashboard still listens
+    assert worker.stats().subscribers == 1  # the other dashboard still listens
     assert len(clock.pending) == 1
     dash.close()  # idempotent
     other.close()
-    assert len(worker._hub) == 0 and clock.pending == []
+    assert worker.stats().subscribers == 0 and clock.pending == []
 
 
 async def test_a_collected_dashboard_leaves_nothing_subscribed(worker: AsyncTaskWorker) -> None:
@@ -775,7 +775,7 @@ async def test_a_collected_dashboard_leaves_nothing_subscribed(worker: AsyncTask
     del dash
     gc.collect()
     assert ref() is None
-    assert len(worker._hub) == 0
+    assert worker.stats().subscribers == 0
     timer._run()  # the orphaned timer held it weakly and now does nothing
     timer.cancel()
 
@@ -786,7 +786,7 @@ async def test_closed_dashboard_is_collectable(worker: AsyncTaskWorker, clock: F
     dash.close()
     del dash
     gc.collect()
-    assert ref() is None and len(worker._hub) == 0
+    assert ref() is None and worker.stats().subscribers == 0
 
 
 # ------------------------------------------------------------- text output
@@ -811,7 +811,7 @@ async def test_worker_mimebundle_is_text_only_without_a_kernel(worker: AsyncTask
     assert list(data) == ["text/plain"]
     assert data["text/plain"].startswith("AsyncTaskWorker (running, ")
     assert "t1" in data["text/plain"]
-    assert len(worker._hub) == 0  # no widget was made that nothing could show
+    assert worker.stats().subscribers == 0  # no widget was made that nothing could show
 
 
 async def test_worker_mimebundle_is_text_only_without_widgets(
@@ -829,7 +829,7 @@ async def test_worker_mimebundle_in_a_kernel_is_a_live_dashboard(
     data, _ = worker._repr_mimebundle_(None, None)
     assert set(data) == {"text/plain", "application/vnd.jupyter.widget-view+json"}
     assert data["text/plain"].startswith("AsyncTaskWorker")
-    assert len(worker._hub) == 1
+    assert worker.stats().subscribers == 1
     data, _ = worker_mimebundle(worker, ["text/plain"], None)
     assert list(data) == ["text/plain"]
 
@@ -870,7 +870,7 @@ def test_dashboard_can_be_built_without_a_running_loop() -> None:
     dash.close()
     del dash
     gc.collect()
-    assert len(w._hub) == 0
+    assert w.stats().subscribers == 0
 
 
 def test_the_widget_class_is_defined_at_module_level() -> None:
