@@ -58,9 +58,9 @@ import traitlets as t
 
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
-from ._status import TaskStatus
 from ._table import (
     TERMINAL_VALUES,
+    cancel_all,
     check_filter,
     epoch_ms,
     make_row,
@@ -240,12 +240,7 @@ class TaskDashboard(anywidget.AnyWidget):
     def cancel_all(self) -> int:
         """Cancel every pending, then every running task (without waiting).
         Returns how many were asked to cancel."""
-        worker = self._worker
-        n = 0
-        for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            for info in worker.get_all_tasks(status=status):
-                n += worker.cancel_task_nowait(info.id)
-        return n
+        return len(cancel_all(self._worker))
 
     def clear_finished(self) -> int:
         """Drop finished tasks from the worker's history; returns how many."""

@@ -25,7 +25,7 @@ from ._cellview import CellViews
 from ._namespace import LiveNamespaces
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
-from ._table import text_table
+from ._table import cancel_all, text_table
 from ._worker import AsyncTaskWorker
 
 #: Rows ``%task list`` prints unless told otherwise.
@@ -50,18 +50,6 @@ def _worker_refusals(what: str) -> Iterator[None]:
         yield
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{what}: {exc}") from None
-
-
-def cancel_all(worker: AsyncTaskWorker) -> list[str]:
-    """Cancel every pending, then every running task of ``worker`` without waiting
-    (pending first: none of them can start in a slot a cancelled one frees).
-    Returns the ids asked to cancel."""
-    cancelled: list[str] = []
-    for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-        for info in worker.get_all_tasks(status=status):
-            if worker.cancel_task_nowait(info.id):
-                cancelled.append(info.id)
-    return cancelled
 
 
 # ----------------------------------------------------------------------- magics
@@ -376,4 +364,4 @@ class TaskMagics(Magics):
         self.views.close_all()
 
 
-__all__ = ["TaskMagics", "cancel_all"]
+__all__ = ["TaskMagics"]

@@ -287,7 +287,20 @@ def widgets_can_render() -> bool:
     return ip is not None and getattr(ip, "kernel", None) is not None
 
 
+def cancel_all(worker: AsyncTaskWorker) -> list[str]:
+    """Cancel every pending, then every running task of ``worker`` without waiting: the one
+    "cancel all" of ``%task cancel --all`` and the dashboard's button. Pending tasks go first, so
+    none of them starts in a slot a cancelled one frees. Returns the ids asked to cancel."""
+    cancelled: list[str] = []
+    for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        for info in worker.get_all_tasks(status=status):
+            if worker.cancel_task_nowait(info.id):
+                cancelled.append(info.id)
+    return cancelled
+
+
 __all__ = [
+    "cancel_all",
     "check_filter", "epoch_ms", "make_row", "only_progress_differs", "progress_percent",
     "row_order", "select_rows", "shown_error", "text_table", "widgets_can_render",
     "worker_mimebundle", "worker_summary", "worker_text",

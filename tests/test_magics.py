@@ -272,7 +272,7 @@ def test_options_are_declared_on_the_magic_and_each_command_on_its_method(
 
 
 def test_cancel_all_cancels_pending_tasks_before_running_ones(ip: Any) -> None:
-    from task_worker._magics import cancel_all
+    from task_worker._table import cancel_all
 
     async def scenario() -> tuple[list[str], list[str]]:
         worker = task_worker.AsyncTaskWorker(max_workers=1)
