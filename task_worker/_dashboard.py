@@ -76,6 +76,10 @@ from ._worker import AsyncTaskWorker
 logger = logging.getLogger("task_worker")
 
 _STATIC = pathlib.Path(__file__).parent / "static"
+#: The browser side, concatenated into one ES module in this order: each feature's
+#: script defines top-level functions that ``dashboard.js`` (last: it has the
+#: ``export default``) uses.
+_ESM_PARTS: tuple[str, ...] = ("dashboard.js",)
 
 #: The synced traits the browser may set; everything else it sends is ignored.
 _FRONTEND_TRAITS = frozenset({"status_filter"})
@@ -125,7 +129,7 @@ class TaskDashboard(anywidget.AnyWidget):
     # The package files' text, not their paths: for a path anywidget 0.11
     # connects a lambda holding the widget to a class-level file watcher
     # signal, so no instance could ever be garbage collected.
-    _esm = (_STATIC / "dashboard.js").read_text(encoding="utf-8")
+    _esm = "\n".join((_STATIC / part).read_text(encoding="utf-8") for part in _ESM_PARTS)
     _css = (_STATIC / "dashboard.css").read_text(encoding="utf-8")
 
     task_id = t.Unicode("").tag(sync=True)
