@@ -525,8 +525,12 @@ class AsyncTaskWorker:
                 else:
                     self._end(rec, _COMPLETED, result=result)
         finally:
-            # Release the slot and start the next task, in this same step.
+            # Release the slot and start the next task, in this same step. The
+            # record lets go of its job: the job's context holds the record
+            # (current_sink), and that cycle would leave every finished task's
+            # Task, coroutine and context to the garbage collector.
             if self._jobs.pop(rec.task, None) is not None:  # type: ignore[arg-type]
+                rec.task = None
                 if self._state == "running":
                     self._dispatch()
 
