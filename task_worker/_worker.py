@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("task_worker")
 
 _PY311 = sys.version_info >= (3, 11)
+#: Python 3.12+: start a job's first step inside ``_dispatch`` (``asyncio.Task(eager_start=True)``).
+_EAGER = sys.version_info >= (3, 12)
+_Task: Any = asyncio.Task  # its eager_start parameter is unknown to type stubs before 3.12
+_current_task = asyncio.current_task
 _EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
 _PENDING = TaskStatus.PENDING
 _RUNNING = TaskStatus.RUNNING
@@ -125,6 +129,8 @@ class AsyncTaskWorker:
         # Generated ids: a per-worker random prefix and a counter ("3fa9-1b").
         self._id_prefix = secrets.token_hex(2) + "-"
         self._dispatch_scheduled = False
+        #: 1 while an eager first step runs in _dispatch: the slot it holds.
+        self._starting = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._hub = EventHub()
         self._dirty: dict[str, TaskRecord] = {}  # progress to publish this loop turn
@@ -175,7 +181,7 @@ class AsyncTaskWorker:
     def stats(self) -> WorkerStats:
         """Counts per status, busy slots, subscriptions and state, in O(1)."""
         return WorkerStats(self.running, self._max_workers,
-                           len(self._jobs) + self._abandoned.count,
+                           len(self._jobs) + self._starting + self._abandoned.count,
                            MappingProxyType(self._table.counts()), len(self._table), len(self._hub))
 
     def __len__(self) -> int:
@@ -446,32 +452,56 @@ class AsyncTaskWorker:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start pending tasks, in queue order, while slots are free."""
+        """Start pending tasks, in queue order, while slots are free.
+
+        On Python 3.12+ a task's first step runs at once, inside this loop
+        (``eager_start``): a body that never suspends finishes here, without a
+        loop turn of its own, and its slot is taken again by the next pending
+        task in this same loop. A dispatch reached from inside such a first step
+        (a body that raises ``max_workers``) starts its tasks the usual way, one
+        loop turn later, so eager steps never nest.
+        """
         pop = self._pending.pop
         jobs = self._jobs
         running = self._running_recs
         limit = self._max_workers - self._abandoned.count
         loop = self._loop
         assert loop is not None
-        while len(jobs) < limit:
+        eager = _EAGER and not self._starting
+        while len(jobs) + self._starting < limit:
             rec = pop()
             if rec is None:
                 return
-            # Launch it (inline: this runs once per task).
+            # Launch it (inline: this runs once per task). The timer and the
+            # event come first: an eager first step may already end the task.
             assert rec.ctx is not None
             rec.status = _RUNNING
             rec.started = _now()
             running[rec.id] = rec
+            if rec.timeout is not None:
+                rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
+            if self._hub.has_subscribers:
+                self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
+            if eager:
+                # The slot is held by _starting during the first step; _run
+                # sets rec.task to the job itself (current_task()). No local
+                # names the job: a failed body's traceback keeps this frame.
+                self._starting = 1
+                try:
+                    done = _Task(self._run(rec), loop=loop, context=rec.ctx, eager_start=True).done()
+                finally:
+                    self._starting = 0
+                if done:  # finished in its first step: its slot is free again
+                    rec.task = None
+                else:
+                    jobs[rec.task] = rec  # type: ignore[index]
+                continue
             if _PY311:
                 job = loop.create_task(self._run(rec), context=rec.ctx)
             else:  # pragma: no cover - Python 3.10
                 job = rec.ctx.run(loop.create_task, self._run(rec))
             rec.task = job
             jobs[job] = rec
-            if rec.timeout is not None:
-                rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
-            if self._hub.has_subscribers:
-                self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
 
     async def _run(self, rec: TaskRecord) -> None:
         # The job: one task's asyncio task. It releases its own slot (no done
@@ -479,6 +509,8 @@ class AsyncTaskWorker:
         # it, and never before this first step (see _tell_to_stop), so the
         # finally below always runs.
         rec.flags |= STEPPED
+        if rec.task is None:  # an eager first step: inside the job's constructor
+            rec.task = _current_task()
         try:
             if rec.cancel_reason is not None:  # told to stop before its first step
                 self._end_as_told(rec)

@@ -242,6 +242,86 @@ async def test_max_workers_can_grow_at_runtime() -> None:
         assert w.get_task_info(a).status == "completed"  # type: ignore[union-attr]
 
 
+
+async def test_a_body_that_never_suspends_runs_in_the_dispatch_turn_on_python_312() -> None:
+    # Python 3.12+: the first step runs inside the (deferred) dispatch, eagerly;
+    # 3.10/3.11 need one more loop turn for the job's first step.
+    import sys
+
+    ran: list[int] = []
+
+    async def body(i: int) -> None:
+        ran.append(i)
+
+    async with AsyncTaskWorker(max_workers=2) as w:
+        ids = [w.add_task_nowait(body, i) for i in range(5)]
+        assert ran == []  # never inside add_task: a burst still starts in priority order
+        await asyncio.sleep(0)  # the dispatch turn
+        if sys.version_info >= (3, 12):
+            assert ran == [0, 1, 2, 3, 4]
+            assert all(w.get_task_info(i).status == "completed" for i in ids)  # type: ignore[union-attr]
+        await w.join()
+    assert ran == [0, 1, 2, 3, 4]
+
+
+async def test_current_task_inside_a_body_is_its_own_job_in_its_first_step_and_later() -> None:
+    seen: list[tuple[object, object]] = []
+
+    async def body() -> None:
+        first = asyncio.current_task()
+        await asyncio.sleep(0)
+        seen.append((first, asyncio.current_task()))
+
+    async with AsyncTaskWorker(max_workers=3) as w:
+        for _ in range(3):
+            w.add_task_nowait(body)
+        await w.join()
+    assert len(seen) == 3
+    assert all(first is later and first is not None for first, later in seen)
+    assert len({id(first) for first, _ in seen}) == 3
+
+
+async def test_a_body_cancelling_itself_in_its_first_step_ends_cancelled() -> None:
+    reached: list[str] = []
+
+    async def body() -> None:
+        w.cancel_task_nowait(tid)
+        reached.append("first step")
+        await asyncio.sleep(0)
+        reached.append("after the await")  # never: cancelled at its first await
+
+    async with AsyncTaskWorker(max_workers=1) as w:
+        tid = w.add_task_nowait(body)
+        with pytest.raises(asyncio.CancelledError):
+            await w.wait(tid)
+    assert reached == ["first step"]
+
+
+async def test_a_first_step_raising_max_workers_never_runs_more_bodies_than_allowed() -> None:
+    # The dispatch reached from inside a first step must count that step's slot.
+    running = 0
+    peak = 0
+    gate = asyncio.Event()
+
+    async def body(grow: bool) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running, w.stats().busy)
+        if grow:
+            w.max_workers = 2
+        await gate.wait()
+        running -= 1
+
+    async with AsyncTaskWorker(max_workers=1) as w:
+        ids = [w.add_task_nowait(body, i == 0) for i in range(4)]
+        await wait_until(w, lambda: w.stats().busy == 2)
+        assert [w.get_task_info(i).status for i in ids].count("running") == 2  # type: ignore[union-attr]
+        assert w.stats().busy == 2
+        gate.set()
+        await w.join()
+    assert peak == 2
+
+
 # ---------------------------------------------------------------- results
 async def test_wait_returns_result_and_join_waits_for_everything(worker: AsyncTaskWorker) -> None:
     ids = [await worker.add_task(_value, i) for i in range(10)]
