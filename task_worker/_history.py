@@ -52,8 +52,8 @@ class TaskTable:
     It never touches the event loop.
     """
 
-    __slots__ = ("_by_id", "_finished", "_n_finished", "_on_drop", "add", "contains", "max_history",
-                 "pending", "running")
+    __slots__ = ("_by_id", "_finished", "_n_finished", "_on_drop", "_shuffled", "_tail", "add",
+                 "contains", "max_history", "pending", "running")
 
     def __init__(self, max_history: int, on_drop: Callable[[TaskInfo], None]) -> None:
         self.max_history = max_history
@@ -69,6 +69,11 @@ class TaskTable:
         self.running: dict[str, TaskRecord] = {}
         self._finished: dict[TaskStatus, deque[TaskInfo]] = {s: deque() for s in _TERMINAL}
         self._n_finished = 0
+        #: Per terminal status, the ``seq`` of the last snapshot appended, and the
+        #: statuses whose queue is not in creation order (a task finished before
+        #: an older one): the others list newest first without a sort.
+        self._tail: dict[TaskStatus, int] = {s: -1 for s in _TERMINAL}
+        self._shuffled: set[TaskStatus] = set()
 
     # ---------------------------------------------------------------- lookup
     def __len__(self) -> int:
@@ -110,7 +115,13 @@ class TaskTable:
         else:
             del self.running[task_id]
         self._by_id[task_id] = info
-        self._finished[info.status].append(info)
+        status = info.status
+        seq = _seq_key(info)
+        tail = self._tail
+        if seq < tail[status]:
+            self._shuffled.add(status)
+        tail[status] = seq
+        self._finished[status].append(info)
         n = self._n_finished = self._n_finished + 1
         return n > self.max_history
 
@@ -136,6 +147,10 @@ class TaskTable:
     def _drop(self, info: TaskInfo) -> None:
         del self._by_id[info.id]
         self._n_finished -= 1
+        status = info.status
+        if not self._finished[status]:  # an empty queue is in order again
+            self._shuffled.discard(status)
+            self._tail[status] = -1
         self._on_drop(info)
 
     # --------------------------------------------------------------- queries
@@ -160,10 +175,16 @@ class TaskTable:
             wanted = frozenset(statuses)
             return _newest((x for x in reversed(self._by_id.values()) if x.status in wanted),
                            limit, cutoff)
-        items: list[TaskInfo] = []
-        for s in statuses:
-            items.extend(self._items(s))
-        items.sort(key=_seq_key, reverse=True)
+        items: list[TaskInfo]
+        if len(statuses) == 1 and statuses[0] in self._tail and statuses[0] not in self._shuffled:
+            # Finished in creation order (the common case): no sort needed.
+            items = list(self._finished[statuses[0]])
+            items.reverse()
+        else:
+            items = []
+            for s in statuses:
+                items.extend(self._items(s))
+            items.sort(key=_seq_key, reverse=True)
         if cutoff is not None:
             items = [i for i in items if _created_key(i) < cutoff]
         return items if limit is None else items[:limit]

@@ -111,3 +111,28 @@ def test_cutoff_for_validates_and_subtracts() -> None:
     assert cutoff_for(timedelta(seconds=5), now=100.0) == 95.0
     with pytest.raises(TypeError, match="timedelta"):
         cutoff_for(5)  # type: ignore[arg-type]
+
+
+def test_a_status_listing_is_newest_created_first_whatever_the_finishing_order() -> None:
+    # One status in creation order is listed without a sort; a task finishing
+    # before an older one must switch that status back to sorting, and a queue
+    # emptied by clear() is in order again.
+    table = TaskTable(100, lambda info: None)
+    recs = [make(i) for i in range(8)]
+    for r in recs:
+        table.add(r)
+    ids = lambda infos: [i.id for i in infos]  # noqa: E731
+    for r in recs[:3]:
+        finish(table, r, C, 10.0 + r.key)
+    assert ids(table.query([C], None, None)) == ["t2", "t1", "t0"]
+    assert ids(table.query([C], 2, None)) == ["t2", "t1"]
+    finish(table, recs[5], C, 20.0)
+    finish(table, recs[4], C, 21.0)  # older than the last one finished
+    finish(table, recs[3], F, 22.0)  # another status keeps its own order
+    assert ids(table.query([C], None, None)) == ["t5", "t4", "t2", "t1", "t0"]
+    assert ids(table.query([C], None, 4.5)) == ["t4", "t2", "t1", "t0"]
+    assert ids(table.query([F], None, None)) == ["t3"]
+    assert table.clear() == 6
+    finish(table, recs[7], C, 30.0)
+    finish(table, recs[6], C, 31.0)
+    assert ids(table.query([C], None, None)) == ["t7", "t6"]
