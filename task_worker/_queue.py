@@ -73,6 +73,9 @@ class PendingQueue(Generic[R]):
             if rec is not None:
                 return rec
             self._stale -= 1
+        # Drained: a dict never shrinks, so let go of the table a burst grew
+        # (52 B per task of a 100,000-task burst, kept for as long as the worker).
+        self._records = {}
         return None
 
     def remove(self, rec: R) -> None:

@@ -102,3 +102,26 @@ def test_clear_returns_the_pending_records_and_forgets_stale_keys() -> None:
     q.remove(recs[1])
     assert q.clear() == [recs[0], recs[2], recs[3]]
     assert len(q) == 0 and q.heap_size == 0 and q.pop() is None
+
+
+def test_a_drained_queue_lets_go_of_the_memory_a_burst_grew() -> None:
+    import tracemalloc
+
+    index: dict[str, object] = {}  # the task table's by-id dict: it keeps its entries
+    q: PendingQueue[Rec] = PendingQueue(index)
+    recs = [Rec(k) for k in range(20_000)]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for r in recs:
+            q.push(r)
+        assert tracemalloc.get_traced_memory()[0] - base > 20_000 * 20  # the burst's tables
+        while q.pop() is not None:
+            pass
+        index.clear()  # frees its table: what is left is the queue's
+        kept = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert kept < 10_000  # not the ~1.4 MB of the by-key dict a burst of 20,000 grew
+    q.push(recs[0])  # and it works on
+    assert q.pop() is recs[0] and q.pop() is None
