@@ -1,6 +1,7 @@
 """Throughput, latency, memory and query cost of AsyncTaskWorker, against raw-asyncio floors and peers.
 
-Run: ``python benchmarks/bench_worker.py`` (``--quick`` for N = 10,000 only, one process).
+Run: ``python benchmarks/bench_worker.py`` (``--quick`` for N = 10,000 only, one process;
+``--no-peers`` for task_worker and the floors only).
 
 Each measurement runs in ``--processes`` fresh processes (3 by default); the
 tables show the median. Within one process everything runs on one loop, back
@@ -167,6 +168,20 @@ async def query_cost(n: int) -> list[tuple[str, float]]:
         timed("get_all_tasks(status=FAILED)", status=TaskStatus.FAILED)
         timed("get_all_tasks(status=COMPLETED, limit=10)", status=TaskStatus.COMPLETED, limit=10)
         timed("get_all_tasks(limit=10)", limit=10)
+
+    async def uneven(i: int) -> None:
+        for _ in range(i % 3):
+            await asyncio.sleep(0)
+
+    async with AsyncTaskWorker(max_workers=CONCURRENCY, max_history=n) as w:
+        # Tasks that finish out of creation order: the listing has to sort.
+        for i in range(n):
+            w.add_task_nowait(uneven, i)
+        await w.join()
+        best = min(_time(lambda: w.get_all_tasks(status=TaskStatus.COMPLETED)) for _ in range(5))
+        count = len(w.get_all_tasks(status=TaskStatus.COMPLETED))
+        rows.append((f"get_all_tasks(status=COMPLETED), finished out of creation order "
+                     f"({count:,} returned)", best))
     return rows
 
 
@@ -394,9 +409,9 @@ def available_peers() -> tuple[list[Peer], list[str]]:
 
 
 # ------------------------------------------------------------------ one process
-async def measure(sizes: list[int], repeat: int) -> dict[str, Any]:
+async def measure(sizes: list[int], repeat: int, with_peers: bool = True) -> dict[str, Any]:
     """Everything, in this process: what one child prints as JSON."""
-    peers, _ = available_peers()
+    peers = available_peers()[0] if with_peers else []
     out: dict[str, Any] = {"python": sys.version.split()[0], "throughput": {}, "values": {}}
 
     async def best(make: Callable[[], Awaitable[float]]) -> float:
@@ -406,6 +421,14 @@ async def measure(sizes: list[int], repeat: int) -> dict[str, Any]:
             times.append(await make())
         return min(times)
 
+    # One small untimed round of everything first: imports, caches and the
+    # interpreter's specialisation are then warm for every row alike.
+    await floor_gather(1000)
+    await floor_priority_queue(1000)
+    await worker_run(1000, noop)
+    await worker_run(1000, noop_progress)
+    for peer in peers:
+        await peer.run(1000, False)
     for n in sizes:
         rows: list[tuple[str, float]] = [
             ("floor: gather + Semaphore(10)", await best(partial(floor_gather, n))),
@@ -443,8 +466,8 @@ async def measure(sizes: list[int], repeat: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ report
-def report(runs: list[dict[str, Any]], sizes: list[int]) -> None:
-    _, notes = available_peers()
+def report(runs: list[dict[str, Any]], sizes: list[int], with_peers: bool = True) -> None:
+    notes = available_peers()[1] if with_peers else ["peers not measured (--no-peers)"]
     print(f"Python {runs[0]['python']}, {sys.platform}; median of {len(runs)} fresh process(es)")
     for note in notes:
         print(f"note: {note}")
@@ -461,6 +484,17 @@ def report(runs: list[dict[str, Any]], sizes: list[int]) -> None:
             ratio = statistics.median(r[label] / r[gather] for r in per_run)
             print(f"| {label:62} | {t:9.3f} | {n / t:10,.0f} | {ratio:14.2f} |")
         print()
+    if len(sizes) > 1:
+        small, large = min(sizes), max(sizes)
+        print(f"Per-task time at N = {large:,} / at N = {small:,} (flat: 1.0)")
+        print("| what | ratio |")
+        print("|---|---|")
+        for label, _ in runs[0]["throughput"][str(large)]:
+            ratio = statistics.median(
+                (dict(r["throughput"][str(large)])[label] / large)
+                / (dict(r["throughput"][str(small)])[label] / small) for r in runs)
+            print(f"| {label} | {ratio:.2f} |")
+        print()
     print("| measurement | median |")
     print("|---|---|")
     for key, (_, unit) in runs[0]["values"].items():
@@ -472,13 +506,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 10,000 only, one process")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes to take the median of")
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs inside a process")
+    parser.add_argument("--no-peers", action="store_true", help="measure task_worker and the floors only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
              else [10_000] if args.quick else [10_000, 100_000])
     if args.child:
-        print(json.dumps(asyncio.run(measure(sizes, args.repeat))))
+        print(json.dumps(asyncio.run(measure(sizes, args.repeat, not args.no_peers))))
         return
     processes = 1 if args.quick else args.processes
     runs = []
@@ -486,10 +521,10 @@ def main() -> None:
         print(f"process {i + 1} of {processes}...", file=sys.stderr, flush=True)
         child = subprocess.run(
             [sys.executable, __file__, "--child", "--sizes", ",".join(map(str, sizes)),
-             "--repeat", str(args.repeat)],
+             "--repeat", str(args.repeat), *(["--no-peers"] if args.no_peers else [])],
             check=True, capture_output=True, text=True)
         runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    report(runs, sizes)
+    report(runs, sizes, not args.no_peers)
 
 
 if __name__ == "__main__":
