@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import heapq
 import importlib.metadata
 import json
 import statistics
@@ -82,6 +83,50 @@ async def floor_priority_queue(n: int) -> float:
     for i in range(CONCURRENCY):
         queue.put_nowait((1, n + i, None))
     await asyncio.gather(*consumers)
+    return time.perf_counter() - t0
+
+
+async def floor_task_per_job(n: int) -> float:
+    """The design's own floor: a heap of jobs, each started in an asyncio Task of its
+    own (eagerly on Python 3.12+, as the worker does), at most 10 at once, the next
+    one started by the one that finishes. No records, ids, contexts or history."""
+    loop = asyncio.get_running_loop()
+    heap: list[int] = []
+    done = loop.create_future()
+    running = finished = 0
+    starting = False
+    eager = sys.version_info >= (3, 12)
+    make: Any = asyncio.Task
+
+    async def job() -> None:
+        nonlocal running, finished
+        await noop()
+        running -= 1
+        finished += 1
+        if finished == n:
+            done.set_result(None)
+        elif not starting:
+            start()
+
+    def start() -> None:
+        nonlocal running, starting
+        starting = True
+        try:
+            while running < CONCURRENCY and heap:
+                heapq.heappop(heap)
+                running += 1
+                if eager:
+                    make(job(), loop=loop, eager_start=True)
+                else:
+                    loop.create_task(job())  # noqa: RUF006 - the loop holds it until it ran
+        finally:
+            starting = False
+
+    t0 = time.perf_counter()
+    for i in range(n):
+        heapq.heappush(heap, i)
+    loop.call_soon(start)
+    await done
     return time.perf_counter() - t0
 
 
@@ -425,6 +470,7 @@ async def measure(sizes: list[int], repeat: int, with_peers: bool = True) -> dic
     # interpreter's specialisation are then warm for every row alike.
     await floor_gather(1000)
     await floor_priority_queue(1000)
+    await floor_task_per_job(1000)
     await worker_run(1000, noop)
     await worker_run(1000, noop_progress)
     for peer in peers:
@@ -433,6 +479,7 @@ async def measure(sizes: list[int], repeat: int, with_peers: bool = True) -> dic
         rows: list[tuple[str, float]] = [
             ("floor: gather + Semaphore(10)", await best(partial(floor_gather, n))),
             ("floor: PriorityQueue + 10 consumers", await best(partial(floor_priority_queue, n))),
+            ("floor: heap + one Task per job, 10 at once", await best(partial(floor_task_per_job, n))),
             ("task_worker `AsyncTaskWorker(max_workers=10)`", await best(partial(worker_run, n, noop))),
             ("the same, `report_progress` in each task", await best(partial(worker_run, n, noop_progress))),
         ]
