@@ -128,6 +128,8 @@ class AsyncTaskWorker:
         self._seq = itertools.count()
         # Generated ids: a per-worker random prefix and a counter ("3fa9-1b").
         self._id_prefix = secrets.token_hex(2) + "-"
+        #: A caller gave an id starting with ``_id_prefix``: generated ids are checked.
+        self._chosen_like_ours = False
         self._dispatch_scheduled = False
         #: 1 while an eager first step runs in _dispatch: the slot it holds.
         self._starting = 0
@@ -399,12 +401,16 @@ class AsyncTaskWorker:
         seq = next(self._seq)
         if task_id is None:
             task_id = f"{self._id_prefix}{seq:x}"
-            while table.contains(task_id):  # a caller chose an id of our form
+            # Looked up only once a caller chose an id of our form: a lookup in a
+            # table of 100,000 ids is a cache miss of its own.
+            while self._chosen_like_ours and table.contains(task_id):
                 task_id = f"{self._id_prefix}{next(self._seq):x}"
         elif type(task_id) is not str or not task_id:
             raise TypeError(f"task_id must be a non-empty str or None, got {task_id!r}")
         elif table.contains(task_id):
             raise ValueError(f"a task with id {task_id!r} already exists")
+        elif task_id.startswith(self._id_prefix):
+            self._chosen_like_ours = True
         if executor is not None:
             executor = self._adapt_executor(executor)
         else:

@@ -138,6 +138,23 @@ async def test_bad_input_to_add_task_raises_and_changes_nothing(worker: AsyncTas
     assert worker.stats().counts[TaskStatus.PENDING] + worker.stats().counts[TaskStatus.RUNNING] <= 1
 
 
+async def test_a_generated_id_never_collides_with_one_a_caller_chose_in_its_form(
+    worker: AsyncTaskWorker,
+) -> None:
+    gate = asyncio.Event()
+    first = await worker.add_task(gate.wait)
+    prefix, counter = first.rsplit("-", 1)
+    assert int(counter, 16) == 0  # generated ids: the worker's prefix and a hex counter
+    # The next generated ids would be <prefix>-2, <prefix>-3: take them first.
+    mine = [await worker.add_task(gate.wait, task_id=f"{prefix}-{n:x}") for n in (2, 3)]
+    generated = [await worker.add_task(gate.wait) for _ in range(3)]
+    assert len({first, *mine, *generated}) == 6
+    assert all(worker.get_task_info(t) is not None for t in (first, *mine, *generated))
+    gate.set()
+    await worker.join()
+    assert worker.stats().counts[TaskStatus.COMPLETED] == 6
+
+
 async def test_coroutine_object_is_refused_and_closed_without_warning(worker: AsyncTaskWorker) -> None:
     coro = _value(1)
     with warnings.catch_warnings():
