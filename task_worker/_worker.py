@@ -490,17 +490,21 @@ class AsyncTaskWorker:
                 self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
             if eager:
                 # The slot is held by _starting during the first step; _run
-                # sets rec.task to the job itself (current_task()). No local
-                # names the job: a failed body's traceback keeps this frame.
+                # sets rec.task to the job itself (current_task()). Outside a
+                # running loop (max_workers set from sync code) the step is
+                # only scheduled, as without eager start.
                 self._starting = 1
                 try:
-                    done = _Task(self._run(rec), loop=loop, context=rec.ctx, eager_start=True).done()
+                    job = _Task(self._run(rec), loop=loop, context=rec.ctx, eager_start=True)
                 finally:
                     self._starting = 0
-                if done:  # finished in its first step: its slot is free again
+                if job.done():  # finished in its first step: its slot is free again
                     rec.task = None
                 else:
-                    jobs[rec.task] = rec  # type: ignore[index]
+                    rec.task = job
+                    jobs[job] = rec
+                # A failed body's traceback keeps this frame: it must not name the job.
+                job = None
                 continue
             if _PY311:
                 job = loop.create_task(self._run(rec), context=rec.ctx)

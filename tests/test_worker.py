@@ -339,6 +339,36 @@ async def test_a_first_step_raising_max_workers_never_runs_more_bodies_than_allo
     assert peak == 2
 
 
+
+def test_max_workers_raised_while_the_loop_is_not_running_starts_the_tasks_once_it_runs() -> None:
+    # The dispatch then runs outside the loop: no first step can run eagerly.
+    loop = asyncio.new_event_loop()
+    try:
+        w = AsyncTaskWorker(max_workers=1)
+        loop.run_until_complete(w.start())
+
+        async def add_blocked() -> tuple[asyncio.Event, list[str]]:
+            gate = asyncio.Event()
+            ids = [await w.add_task(gate.wait) for _ in range(4)]
+            await next_dispatch()
+            return gate, ids
+
+        gate, ids = loop.run_until_complete(add_blocked())
+        w.max_workers = 3  # from sync code, the loop stopped
+        assert w.stats().busy == 3
+
+        async def finish() -> None:
+            gate.set()
+            await asyncio.wait_for(w.join(), 30)  # a safety net: a lost slot would hang here
+
+        loop.run_until_complete(finish())
+        assert [w.get_task_info(i).status for i in ids] == ["completed"] * 4  # type: ignore[union-attr]
+        assert w.stats().busy == 0
+        loop.run_until_complete(w.stop())
+    finally:
+        loop.close()
+
+
 # ---------------------------------------------------------------- results
 async def test_wait_returns_result_and_join_waits_for_everything(worker: AsyncTaskWorker) -> None:
     ids = [await worker.add_task(_value, i) for i in range(10)]
