@@ -75,10 +75,9 @@ class RowView {
     this.bar.setAttribute("aria-valuemax", "100");
     this.fill = this.bar.appendChild(h("div", "tw-bar-fill"));
     this.pct = progressCell.appendChild(h("span", "tw-pct"));
-    this.eta = progressCell.appendChild(h("span", "tw-eta"));
+    this.progressCell = progressCell;
+    this.eta = null; // made when the task first has an ETA (eta.js)
     this.elapsed = cell("tw-col-elapsed");
-    // Local wall-clock times on hover (eta.js), computed only then: formatting is not free.
-    this.elapsed.addEventListener("mouseenter", () => { this.elapsed.title = timesTitle(this.row); });
     this.button = cell("tw-col-actions").appendChild(h("button", "tw-cancel", "Cancel"));
     this.button.type = "button";
     this.button.addEventListener("click", () => this.cancel());
@@ -166,7 +165,8 @@ class RowView {
     const text = fmtElapsed(ms);
     if (this.elapsed.textContent !== text) this.elapsed.textContent = text;
     const eta = etaText(r, this.view.kernelNow());
-    if (this.eta.textContent !== eta) this.eta.textContent = eta;
+    if (eta && !this.eta) this.eta = this.progressCell.appendChild(h("span", "tw-eta"));
+    if (this.eta && this.eta.textContent !== eta) this.eta.textContent = eta;
   }
 }
 
@@ -191,6 +191,13 @@ class DashboardView {
     }
     this.body = table.appendChild(h("div", "tw-body"));
     this.body.setAttribute("role", "rowgroup");
+    // Local wall-clock times on hover of an elapsed time (eta.js), computed only then.
+    this.body.addEventListener("mouseover", (event) => {
+      const cell = event.target.closest && event.target.closest(".tw-col-elapsed");
+      const rowEl = cell && cell.closest(".tw-row");
+      const view = rowEl && this.rows.get(rowEl.dataset.taskId);
+      if (view) cell.title = timesTitle(view.row);
+    });
     this.empty = this.root.appendChild(h("div", "tw-empty", "No tasks"));
     this.more = this.root.appendChild(h("div", "tw-more"));
     this.more.hidden = true;
