@@ -99,7 +99,6 @@ _FINISHED = EventKind.FINISHED
 _REMOVED = EventKind.REMOVED
 _STARTED = EventKind.STARTED
 _RUNNING = TaskStatus.RUNNING
-_NOTIFIABLE = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
 
 
 class _Handle(Protocol):
@@ -317,11 +316,10 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._dirty[task_id] = info
                 self._schedule()
             return
-        if self._timeline.active:
-            if kind is _REMOVED:
-                self._timeline.note_removed(task_id)
-            else:
-                self._timeline.note(info)
+        if kind is _REMOVED:  # (the feed records nothing until a view opened the timeline)
+            self._timeline.note_removed(task_id)
+        else:
+            self._timeline.note(info)
         if kind is _STARTED:
             self._watch_starvation()
         if kind is _FINISHED:
@@ -493,9 +491,9 @@ class TaskDashboard(anywidget.AnyWidget):
         return epoch_ms(at)
 
     def _note_finished(self, info: TaskInfo) -> None:
-        # Only the outcomes asked for, and never a cancelled task (see _notify).
+        # Only the outcomes asked for: "completed" and/or "failed", never "cancelled" (see _notify).
         status = info.status
-        if status not in _NOTIFIABLE or status.value not in self.notify.split(","):
+        if status.value not in self.notify.split(","):
             return
         if len(self._finished_notes) >= MAX_FINISHED_PER_PATCH:
             return
@@ -511,8 +509,11 @@ class TaskDashboard(anywidget.AnyWidget):
         self.send(msg, buffers)
 
     def _watch_starvation(self) -> None:
+        loop = self._worker.loop
+        if self._starve is not None and self._starve.loop is not loop:
+            self._starve.stop()  # the worker was restarted on another loop
+            self._starve = None
         if self._starve is None:
-            loop = self._worker.loop
             if loop is None:
                 return
             ref = weakref.ref(self)
