@@ -67,6 +67,58 @@ WORK = [
 HIDDEN = ["%%task -n hidden_quick\n2 + 2"]
 
 
+#: The dashboard's module on a stub model whose kernel answers the timeline request with ``n``
+#: tasks created 180 ms apart (each ran 1 s); then a patch adds one task and removes two.
+#: Reports what the chart holds and draws at each zoom.
+STUB_TIMELINE_JS = """async ([src, n]) => {
+  const mod = (await import(URL.createObjectURL(new Blob([src], { type: "text/javascript" })))).default;
+  const now = Date.now();
+  const handlers = {};
+  const state = { task_id: "", status_filter: "", note: "", notify: "", notify_after: 10, _rows: {},
+    _header: { running: true, busy: 0, max_workers: 4, total: n, shown: 0, more: n,
+               counts: { pending: 0, running: 0, completed: n, failed: 0, cancelled: 0 } } };
+  const model = { get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes() {},
+    on(name, cb) { handlers[name] = cb; }, off() {},
+    send(msg) {
+      if (msg.type !== "timeline") return;
+      const ids = [], names = [], times = new Float64Array(3 * n);
+      for (let i = 0; i < n; i++) {
+        ids.push("t" + i); names.push("task " + i);
+        const created = now - (n - i) * 180;
+        times.set([created, created + 10, created + 1010], 3 * i);
+      }
+      setTimeout(() => handlers["msg:custom"]({ type: "timeline", count: n, ids, names,
+        status: "c".repeat(n), now, starved: [] }, [new DataView(times.buffer)]), 0);
+    } };
+  const el = document.createElement("div");
+  el.style.width = "900px";
+  document.body.appendChild(el);
+  const cleanup = mod.render({ model, el });
+  const canvas = el.querySelector(".tw-tl-canvas");
+  const frame = () => new Promise((r) => requestAnimationFrame(r));
+  const read = () => ({ tasks: Number(canvas.dataset.tasks), visible: Number(canvas.dataset.visible),
+                        drawn: Number(canvas.dataset.drawn) });
+  el.querySelector('.tw-tab[data-tab="timeline"]').click();
+  const t0 = performance.now();
+  while (canvas.dataset.tasks !== String(n) && performance.now() - t0 < 20000) await frame();
+  await frame();
+  const all = read();
+  const zoom = el.querySelector(".tw-tl-zoom");
+  zoom.value = "1";
+  zoom.dispatchEvent(new Event("change"));
+  await frame(); await frame();
+  const minute = read();
+  handlers["msg:custom"]({ type: "patch", seq: 1, now, timeline: {
+    ids: ["fresh"], names: ["fresh"], status: "r", times: [now - 50, now - 40, null],
+    remove: ["t0", "t1"] } });
+  await frame(); await frame();
+  const patched = read();
+  cleanup();
+  el.remove();
+  return { all, minute, patched };
+}"""
+
+
 def _notes(b: Browser) -> list[str]:
     return list(b.page.evaluate("() => (window.__twNotes || []).map(n => n.title)"))
 
@@ -176,4 +228,16 @@ def test_timeline_eta_and_notifications_in_jupyterlab(
     # Clicking a notification brings the page to the front.
     page.evaluate("() => window.__twNotes[0].n.onclick()")
     assert page.evaluate("() => window.__twFocus") == 1
+
+    # 10,000 tasks (the same module on a stub model, in this page): only the visible rows are
+    # drawn, "last 1 min" keeps the tasks of that minute, a patch adds and removes tasks.
+    from task_worker._dashboard import TaskDashboard
+
+    res = page.evaluate(STUB_TIMELINE_JS, [TaskDashboard._esm, 10_000])
+    assert res["all"]["tasks"] == res["all"]["visible"] == 10_000, res
+    assert 10 <= res["all"]["drawn"] <= 25, res
+    assert 320 <= res["minute"]["visible"] <= 345, res  # 60 s / 180 ms, give or take the edges
+    assert res["patched"]["tasks"] == 9_999, res  # one added, two removed
+    # The new task is in the minute (one older task may have left it meanwhile).
+    assert res["patched"]["visible"] - res["minute"]["visible"] in (0, 1), res
     assert_page_clean(b)
