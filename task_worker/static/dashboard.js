@@ -79,7 +79,10 @@ class RowView {
     this.button = cell("tw-col-actions").appendChild(h("button", "tw-cancel", "Cancel"));
     this.button.type = "button";
     this.button.addEventListener("click", () => this.cancel());
+    this.el.addEventListener("click", (event) => rowClicked(this, event)); // details.js
+    this.el.setAttribute("aria-expanded", "false");
     this.detail = null;
+    this.pane = null;
     this.row = null;
     this.update(row);
   }
@@ -108,7 +111,8 @@ class RowView {
     }
     if (!old || old.meta !== row.meta) {
       this.meta.textContent = row.meta || "";
-      this.meta.hidden = !row.meta;
+      // A task's own view leaves metadata to its details pane.
+      this.meta.hidden = !row.meta || this.view.single;
     }
     if (!old || old.priority !== row.priority) {
       // The table has a "Priority" column header; a task's own view has no header.
@@ -125,6 +129,7 @@ class RowView {
     }
     this.setProgress(row.progress);
     if (!old || old.error !== row.error || old.traceback !== row.traceback) this.updateDetail(row);
+    rowUpdated(this, old); // details.js
     this.tick();
   }
 
@@ -141,7 +146,8 @@ class RowView {
       this.detail.remove();
       this.detail = null;
     }
-    if (!row.error && !row.traceback) return;
+    // A task's own view shows its error in its output area already, and in its details pane.
+    if (this.view.single || (!row.error && !row.traceback)) return;
     const detail = h("div", "tw-detail");
     detail.setAttribute("role", "note");
     if (row.error) detail.appendChild(h("div", "tw-error", row.error));
@@ -172,6 +178,8 @@ class DashboardView {
     this.offset = 0; // kernel clock minus browser clock, in ms
     this.seq = 0;
     this.rows = new Map(); // id -> RowView
+    this.openPanes = new Map(); // id -> RowView with its details pane open (details.js)
+    this.sort = null; // {key, dir} of a sorted column (details.js), null: the kernel's order
     this.header = {};
     this.root = h("div", this.single ? "tw-dashboard tw-single" : "tw-dashboard");
     el.appendChild(this.root);
@@ -182,7 +190,11 @@ class DashboardView {
     if (!this.single) {
       const head = table.appendChild(h("div", "tw-headrow tw-grid"));
       head.setAttribute("role", "row");
-      for (const title of COLUMNS) head.appendChild(h("div", "tw-cell", title)).setAttribute("role", "columnheader");
+      COLUMNS.forEach((title, i) => {
+        const cell = head.appendChild(h("div", "tw-cell", title));
+        cell.setAttribute("role", "columnheader");
+        makeSortable(this, cell, i); // details.js
+      });
     }
     this.body = table.appendChild(h("div", "tw-body"));
     this.body.setAttribute("role", "rowgroup");
@@ -246,6 +258,7 @@ class DashboardView {
       this.countEls[status] = c;
     }
     header.appendChild(h("span", "tw-spacer"));
+    buildSearch(this, header); // details.js
     this.filter = header.appendChild(h("select", "tw-filter"));
     this.filter.setAttribute("aria-label", "Filter by status");
     for (const value of ["", ...STATUSES]) {
@@ -273,7 +286,9 @@ class DashboardView {
   handleMessage(msg) {
     if (!msg || typeof msg !== "object") return;
     if (typeof msg.now === "number") this.offset = msg.now - Date.now();
-    if (msg.type === "snapshot") {
+    if (msg.type === "details") {
+      onDetailsMessage(this, msg); // details.js
+    } else if (msg.type === "snapshot") {
       const rows = {};
       for (const row of msg.rows || []) rows[row.id] = row;
       this.seq = msg.seq;
@@ -298,6 +313,7 @@ class DashboardView {
       if (view) {
         view.el.remove();
         this.rows.delete(id);
+        forgetDetails(this, id); // details.js
       }
     }
     for (const row of msg.upsert || []) {
@@ -315,13 +331,13 @@ class DashboardView {
       const view = this.rows.get(id);
       if (view) view.setProgress(pct);
     }
-    if (reorder || (msg.remove && msg.remove.length)) this.reorder();
+    if (reorder || this.sort || (msg.remove && msg.remove.length)) this.reorder();
     if (msg.header && Object.keys(msg.header).length) this.renderHeader(msg.header);
     this.empty.hidden = this.rows.size > 0;
   }
 
   reorder() {
-    const ordered = [...this.rows.values()].sort((a, b) => compareRows(a.row, b.row));
+    const ordered = [...this.rows.values()].sort(rowComparator(this)); // details.js
     if (!this.body.firstChild) {
       // First fill: one insertion into the live document.
       const fragment = document.createDocumentFragment();
@@ -366,6 +382,7 @@ class DashboardView {
     for (const view of this.rows.values()) {
       if (view.row.status === "running") view.tick();
     }
+    tickDetails(this); // details.js
   }
 
   destroy() {
@@ -375,6 +392,7 @@ class DashboardView {
     this.model.off("change:note", this.onNote);
     this.model.off("change:status_filter", this.onFilter);
     this.model.off("change:_rows", this.onState);
+    destroySearch(this); // details.js
   }
 }
 
