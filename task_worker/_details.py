@@ -67,7 +67,7 @@ def safe_repr(value: Any, limit: int = MAX_ARGS) -> str:
         text = _repr.repr(value)
     except BaseException as exc:  # (user code: a placeholder, never an error)
         try:
-            kind = type(value).__qualname__
+            kind = type(value).__name__
         except BaseException:
             kind = "object"
         text = f"<{kind} object: repr() raised {type(exc).__name__}>"
