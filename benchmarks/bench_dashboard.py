@@ -218,7 +218,9 @@ def browser_render(n: int) -> dict[str, Any] | None:
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
-    src = (STATIC / "dashboard.js").read_text()
+    from task_worker._dashboard import _ESM_PARTS  # the ES module is concatenated from parts
+
+    src = "\n".join((STATIC / part).read_text() for part in _ESM_PARTS)
     css = (STATIC / "dashboard.css").read_text()
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
