@@ -276,3 +276,15 @@ async def test_the_text_filter_is_settable_from_the_front_end_and_counts_what_it
     await wait_for_status(worker, gamma, TaskStatus.COMPLETED)
     clock.advance(1)
     assert [r["id"] for r in dash.rows] == [gamma]
+
+
+def test_the_details_script_renders_user_text_only_as_text() -> None:
+    import pathlib
+
+    import task_worker
+    from task_worker._dashboard import _ESM_PARTS
+
+    js = (pathlib.Path(task_worker.__file__).parent / "static" / "details.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in js
+    assert _ESM_PARTS.index("details.js") < _ESM_PARTS.index("dashboard.js")

@@ -79,8 +79,6 @@ class RowView {
     this.button = cell("tw-col-actions").appendChild(h("button", "tw-cancel", "Cancel"));
     this.button.type = "button";
     this.button.addEventListener("click", () => this.cancel());
-    this.el.addEventListener("click", (event) => rowClicked(this, event)); // details.js
-    this.el.setAttribute("aria-expanded", "false");
     this.detail = null;
     this.pane = null;
     this.row = null;
@@ -198,6 +196,7 @@ class DashboardView {
     }
     this.body = table.appendChild(h("div", "tw-body"));
     this.body.setAttribute("role", "rowgroup");
+    this.body.addEventListener("click", (event) => bodyClicked(this, event)); // details.js
     this.empty = this.root.appendChild(h("div", "tw-empty", "No tasks"));
     this.more = this.root.appendChild(h("div", "tw-more"));
     this.more.hidden = true;
