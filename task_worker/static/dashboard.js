@@ -191,7 +191,7 @@ class DashboardView {
       COLUMNS.forEach((title, i) => {
         const cell = head.appendChild(h("div", "tw-cell", title));
         cell.setAttribute("role", "columnheader");
-        makeSortable(this, cell, i); // details.js
+        makeSortable(this, cell, i); // details.js (and the filter box in the Task column's header)
       });
     }
     this.body = table.appendChild(h("div", "tw-body"));
@@ -257,7 +257,6 @@ class DashboardView {
       this.countEls[status] = c;
     }
     header.appendChild(h("span", "tw-spacer"));
-    buildSearch(this, header); // details.js
     this.filter = header.appendChild(h("select", "tw-filter"));
     this.filter.setAttribute("aria-label", "Filter by status");
     for (const value of ["", ...STATUSES]) {

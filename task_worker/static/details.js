@@ -7,7 +7,7 @@
 // row's status changes and every few seconds while the task runs.
 // Sorting: clicking a column header sorts the rows this view holds by that column, ascending, then
 // descending, then back to the kernel's order; ties keep the kernel's order (a stable sort).
-// The text filter box sets the synced trait "text_filter": the kernel picks matching rows among
+// The text filter box (in the Task column's header) sets the synced trait "text_filter": the kernel picks matching rows among
 // all its tasks (the browser holds only the rows shown), so the browser stays O(rows shown).
 
 const SORT_KEYS = ["name", "priority", "status", "progress", "elapsed", null];
@@ -190,8 +190,13 @@ function makeSortable(view, headCell, index) {
   headCell.tabIndex = 0;
   headCell.title = "Sort by this column (click again: descending, then the default order)";
   const activate = () => cycleSort(view, key);
-  headCell.addEventListener("click", activate);
+  // The filter box sits in the Task column's header: typing or clicking there does not sort.
+  const fromBox = (e) => e.target instanceof Element && e.target.closest("input");
+  headCell.addEventListener("click", (e) => {
+    if (!fromBox(e)) activate();
+  });
   headCell.addEventListener("keydown", (e) => {
+    if (fromBox(e)) return;
     if (e.key === "Enter" || e.key === " ") {
       e.preventDefault();
       activate();
@@ -199,6 +204,7 @@ function makeSortable(view, headCell, index) {
   });
   if (!view.sortHeads) view.sortHeads = [];
   view.sortHeads.push(headCell);
+  if (key === "name") buildSearch(view, headCell);
 }
 
 function cycleSort(view, key) {
@@ -215,10 +221,11 @@ function cycleSort(view, key) {
 }
 
 // ------------------------------------------------------------------------------- text filter
-function buildSearch(view, header) {
-  const box = header.appendChild(h("input", "tw-search"));
+function buildSearch(view, parent) {
+  const box = parent.appendChild(h("input", "tw-search"));
   box.type = "search";
-  box.placeholder = "filter: name, id, metadata";
+  box.placeholder = "filter";
+  box.title = "Show only tasks whose name, id or metadata contain this text (among all tasks)";
   box.setAttribute("aria-label", "Filter tasks by name, id or metadata");
   box.maxLength = 200;
   box.value = view.model.get("text_filter") || "";
