@@ -28,7 +28,7 @@ DOCS_SHOT = REPO / "docs" / "details.png"
 
 CELLS = [
     "%load_ext task_worker\nimport asyncio\nimport task_worker",
-    '%%task -n detailed\ntotal = sum(i * i for i in range(500_000))\nprint("hello from the task")\n'
+    '%%task -n detailed\ntotal = sum(i * i for i in range(3_000_000))\nprint("hello from the task")\n'
     'print("second line")\ntotal / 0',
     """\
 worker = task_worker.get_worker()
