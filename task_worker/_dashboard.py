@@ -11,17 +11,24 @@ Protocol (custom messages on the widget's comm):
 * kernel -> browser ``{"type": "patch", "seq", "now", "upsert": [row...],
   "progress": [[id, percent]...], "remove": [id...], "header": {...}}``; only
   the keys that carry something are present. ``"snapshot"`` messages carry
-  ``rows`` (all of them) instead and replace the browser's state.
+  ``rows`` (all of them) instead and replace the browser's state. Patches may
+  also carry ``"eta": [[id, finish_ms or null]...]`` (``_eta``), ``"finished":
+  [[id, name, status, ran_ms, completed_ms]...]`` (tasks to notify, ``_notify``)
+  and ``"timeline"`` (changes since the last flush, ``_timeline``); the header
+  may carry ``"eta"`` (the whole queue's estimated finish). ``{"type":
+  "timeline"}`` messages carry the full timeline, with one binary buffer.
 * browser -> kernel ``{"type": "sync"}`` (a view asks for a snapshot when it
   renders, so a view opened late shows the current state), ``{"type":
-  "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``,
+  "timeline"}`` (the timeline tab opened: send it in full, then its changes),
+  ``{"type": "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``,
   ``{"type": "details", "id", "view"}`` (a view asks for a task's details; the
   reply ``{"type": "details", "id", "view", "details"}`` goes to every view of
   the model, as all comm messages do, and only the view whose token ``view`` it
   carries shows it; ``details`` is ``None`` for a task the worker no longer
   knows; see ``_details``).
-  The filters are the synced traits ``status_filter`` and ``text_filter`` (see
-  ``_search``): the only state the browser may set. A state update carrying anything else (``_rows``,
+  The filters (``status_filter``, and ``text_filter``, see ``_search``) and the
+  Notify toggle (``notify``) are the only synced state the browser may set. A
+  state update carrying anything else (``_rows``,
   ``_header``, ``task_id``, ``note``, ...) has those keys ignored, and an
   invalid filter is refused: the kernel keeps its value and sends it back to
   every view as the echo of that update.
@@ -66,9 +73,12 @@ import anywidget
 import traitlets as t
 
 from ._details import MAX_ID, task_details
+from ._eta import EtaTracker, queue_estimate
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
+from ._notify import MAX_FINISHED_PER_PATCH, NOTIFY_AFTER, check_notify_after, parse_notify
 from ._search import check_text_filter, select_matching
+from ._status import TaskStatus
 from ._table import (
     TERMINAL_VALUES,
     cancel_all,
@@ -82,6 +92,7 @@ from ._table import (
     text_table,
     worker_text,
 )
+from ._timeline import StarveRecorder, TimelineFeed
 from ._worker import AsyncTaskWorker
 
 logger = logging.getLogger("task_worker")
@@ -90,14 +101,16 @@ _STATIC = pathlib.Path(__file__).parent / "static"
 #: The browser side, concatenated into one ES module in this order: each feature's
 #: script defines top-level functions that ``dashboard.js`` (last: it has the
 #: ``export default``) uses.
-_ESM_PARTS: tuple[str, ...] = ("details.js", "dashboard.js")
+_ESM_PARTS: tuple[str, ...] = ("details.js", "eta.js", "timeline.js", "notify.js", "dashboard.js")
 
-#: The synced traits the browser may set, each with its check; everything else it sends is ignored.
+#: The synced traits the browser may set, with their checks; everything else it sends is ignored.
 _FRONTEND_TRAITS: dict[str, Callable[[object], str]] = {
-    "status_filter": check_filter, "text_filter": check_text_filter}
+    "status_filter": check_filter, "text_filter": check_text_filter, "notify": parse_notify}
 _PROGRESS = EventKind.PROGRESS
 _FINISHED = EventKind.FINISHED
 _REMOVED = EventKind.REMOVED
+_STARTED = EventKind.STARTED
+_RUNNING = TaskStatus.RUNNING
 
 
 class _Handle(Protocol):
@@ -108,7 +121,8 @@ CallLater = Callable[[float, Callable[..., object], Any], _Handle]
 
 
 class _FilterError(t.TraitError, ValueError):
-    """An invalid ``status_filter`` (a ``ValueError`` that traitlets rolls back)."""
+    """An invalid ``status_filter``, ``notify`` or ``notify_after`` (a ``ValueError`` that
+    traitlets rolls back)."""
 
 
 def _flush_ref(ref: weakref.ReferenceType[TaskDashboard]) -> None:
@@ -152,6 +166,11 @@ class TaskDashboard(anywidget.AnyWidget):
     text_filter = t.Unicode("").tag(sync=True)
     #: A short line of text shown under the table (the %%task view sets it when starved).
     note = t.Unicode("").tag(sync=True)
+    #: Outcomes to notify in the browser when a task finishes ("", "completed", "failed" or
+    #: "completed,failed"; see ``_notify``). Settable, also from the browser's Notify toggle.
+    notify = t.Unicode("").tag(sync=True)
+    #: Seconds a task must have run to be notified while the page is visible.
+    notify_after = t.Float(NOTIFY_AFTER).tag(sync=True)
     # Full state for a new front end (comm_open / request_state). Mutated in
     # place on every flush so that it is current without being re-sent.
     _rows = t.Dict().tag(sync=True)
@@ -201,6 +220,10 @@ class TaskDashboard(anywidget.AnyWidget):
         self._selecting_filter = status_filter
         self._text = text_filter
         self._matching = 0  # tasks matching the text filter, at the last selection
+        self._eta = EtaTracker()
+        self._timeline = TimelineFeed(worker)
+        self._starve: StarveRecorder | None = None
+        self._finished_notes: list[list[Any]] = []
         self._fill_recent(status_filter)
         infos = self._select(status_filter)
         rows = {info.id: make_row(info) for info in infos}
@@ -288,6 +311,8 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._handle.cancel()
                 self._handle = None
             self._dirty.clear()
+            if self._starve is not None:
+                self._starve.stop()
         super().close()
 
     # ------------------------------------------------------------- events
@@ -298,6 +323,8 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._schedule()
             return
         task_id = info.id
+        if kind is _FINISHED and self.notify:
+            self._note_finished(info)
         if self._single is not None:
             if task_id != self._single:
                 return
@@ -309,6 +336,12 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._dirty[task_id] = info
                 self._schedule()
             return
+        if kind is _REMOVED:  # (the feed records nothing until a view opened the timeline)
+            self._timeline.note_removed(task_id)
+        else:
+            self._timeline.note(info)
+        if kind is _STARTED:
+            self._watch_starvation()
         if kind is _FINISHED:
             flt = self.status_filter
             if not flt or flt == info.status.value:
@@ -374,11 +407,15 @@ class TaskDashboard(anywidget.AnyWidget):
             matching = self._matching
         else:
             matching = counts[status_filter] if status_filter else s.total
-        return {
+        header = {
             "running": s.running, "busy": s.busy, "max_workers": s.max_workers,
             "counts": counts, "total": s.total, "shown": shown,
             "more": max(0, matching - shown),
         }
+        eta = self._queue_eta(counts["pending"], counts["running"])
+        if eta is not None:
+            header["eta"] = eta
+        return header
 
     def _flush(self) -> None:
         self._last_flush = self._clock()
@@ -389,6 +426,8 @@ class TaskDashboard(anywidget.AnyWidget):
         upsert: list[dict[str, Any]] = []
         progress: list[list[Any]] = []
         remove: list[str] = []
+        eta: list[list[Any]] = []
+        now = time.time()
         if self._membership_dirty or self._single is not None:
             self._membership_dirty = False
             infos = self._select(self.status_filter)
@@ -397,12 +436,14 @@ class TaskDashboard(anywidget.AnyWidget):
                 remove = [task_id for task_id in rows if task_id not in wanted]
                 for task_id in remove:
                     del rows[task_id]
+                    self._eta.drop(task_id)
         else:
             infos = []
             for task_id, info in dirty.items():
                 old = rows.get(task_id)
                 if old is None:
                     continue
+                self._track_eta(info, now, eta)
                 if old["status"] != info.status.value:
                     infos.append(info)
                     continue
@@ -412,6 +453,7 @@ class TaskDashboard(anywidget.AnyWidget):
                     old["progress"] = pct
                     progress.append([task_id, pct])
         for info in infos:
+            self._track_eta(info, now, eta)
             new = make_row(info)
             old = rows.get(info.id)
             if old == new:
@@ -433,6 +475,14 @@ class TaskDashboard(anywidget.AnyWidget):
             msg["progress"] = progress
         if remove:
             msg["remove"] = remove
+        if eta:
+            msg["eta"] = eta
+        if self._finished_notes:
+            msg["finished"], self._finished_notes = self._finished_notes, []
+        if self._timeline.active:
+            delta = self._timeline.take_delta()
+            if delta is not None:
+                msg["timeline"] = delta
         if msg:
             self._seq += 1
             msg.update(type="patch", seq=self._seq, now=epoch_ms(time.time()))
@@ -440,10 +490,78 @@ class TaskDashboard(anywidget.AnyWidget):
 
     def _send_snapshot(self) -> None:
         self.flush()
+        eta = [[task_id, epoch_ms(self._eta.shown(task_id))] for task_id in self._rows_state
+               if self._eta.shown(task_id) is not None]
         self.send({
             "type": "snapshot", "seq": self._seq, "now": epoch_ms(time.time()),
             "rows": list(self._rows_state.values()), "header": dict(self._header_state),
+            "eta": eta,
         })
+
+    # ------------------------------------------- ETA, timeline, notifications
+    def _track_eta(self, info: TaskInfo, now: float, out: list[list[Any]]) -> None:
+        # At most once per shown row per flush: never on the worker's hot path.
+        task_id = info.id
+        if info.status is _RUNNING:
+            if self._eta.observe(task_id, info.started_ts, info.progress, now):
+                out.append([task_id, epoch_ms(self._eta.shown(task_id))])
+        elif task_id in self._eta:
+            self._eta.drop(task_id)
+
+    def _queue_eta(self, pending: int, running: int) -> int | None:
+        rows = getattr(self, "_rows_state", None)
+        if rows is None or not running:
+            return None
+        shown = self._eta.shown
+        at = queue_estimate((shown(r["id"]) for r in rows.values() if r["status"] == "running"),
+                            pending=pending, running=running)
+        return epoch_ms(at)
+
+    def _note_finished(self, info: TaskInfo) -> None:
+        # Only the outcomes asked for: "completed" and/or "failed", never "cancelled" (see _notify).
+        status = info.status
+        if status.value not in self.notify.split(","):
+            return
+        if len(self._finished_notes) >= MAX_FINISHED_PER_PATCH:
+            return
+        started, completed = info.started_ts, info.completed_ts
+        ran = 0 if started is None or completed is None else max(0, round((completed - started) * 1000))
+        self._finished_notes.append([info.id, info.name[:120], status.value, ran, epoch_ms(completed)])
+        self._schedule()
+
+    def _send_timeline(self) -> None:
+        self.flush()
+        msg, buffers = self._timeline.full()
+        msg["seq"] = self._seq
+        self.send(msg, buffers)
+
+    def _watch_starvation(self) -> None:
+        loop = self._worker.loop
+        if self._starve is not None and self._starve.loop is not loop:
+            self._starve.stop()  # the worker was restarted on another loop
+            self._starve = None
+        if self._starve is None:
+            if loop is None:
+                return
+            ref = weakref.ref(self)
+            worker = self._worker
+
+            def busy() -> bool:
+                dash = ref()
+                return dash is not None and not dash._closed and worker.stats().busy > 0
+
+            def on_starved(start: float, end: float) -> None:
+                dash = ref()
+                if dash is not None:
+                    dash._on_starved(start, end)
+
+            self._starve = StarveRecorder(loop, busy, on_starved)
+        self._starve.arm()
+
+    def _on_starved(self, start: float, end: float) -> None:
+        self._timeline.note_starved(start, end)
+        if self._timeline.active:
+            self._schedule()
 
     # ---------------------------------------------------------- front end
     @t.validate("status_filter")
@@ -489,6 +607,20 @@ class TaskDashboard(anywidget.AnyWidget):
     def _valid_text_filter(self, proposal: Any) -> str:
         try:
             return check_text_filter(proposal["value"])
+        except ValueError as exc:
+            raise _FilterError(str(exc)) from None
+
+    @t.validate("notify")
+    def _valid_notify(self, proposal: Any) -> str:
+        try:
+            return parse_notify(proposal["value"])
+        except ValueError as exc:
+            raise _FilterError(str(exc)) from None
+
+    @t.validate("notify_after")
+    def _valid_notify_after(self, proposal: Any) -> float:
+        try:
+            return check_notify_after(proposal["value"])
         except ValueError as exc:
             raise _FilterError(str(exc)) from None
 
@@ -544,6 +676,8 @@ class TaskDashboard(anywidget.AnyWidget):
             self.cancel_all()
         elif kind == "clear_finished":
             self.clear_finished()
+        elif kind == "timeline":
+            self._send_timeline()
         else:
             logger.debug("TaskDashboard: ignoring front-end message %r", content)
 

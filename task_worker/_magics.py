@@ -23,6 +23,7 @@ from . import _session
 from ._cellcode import cell_number, compile_cell, make_runner, user_traceback
 from ._cellview import CellViews
 from ._namespace import LiveNamespaces
+from ._notify import NotifySettings
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._table import cancel_all, text_table
@@ -78,6 +79,9 @@ class TaskMagics(Magics):
         self.live = LiveNamespaces()
         #: Dashboards shown by ``%tasks`` (closed on unload).
         self.dashboards: list[Any] = []
+        #: The session's notification choice (``%task config notify=... notify_after=...``),
+        #: followed by ``%tasks`` dashboards and ``%%task`` views.
+        self.notify = NotifySettings()
         #: ``%task COMMAND``: the method that parses and runs it.
         self._commands: dict[str, Any] = {
             "list": self._task_list, "cancel": self._task_cancel,
@@ -117,7 +121,8 @@ class TaskMagics(Magics):
           %task list [-s STATUS] [-l N]     table of tasks, newest first
           %task cancel NAME_OR_ID ...       cancel tasks (``--all``: every active task)
           %task result NAME_OR_ID           the result, or the error with its traceback
-          %task config [max_workers=N] [timeout=SECONDS|none]
+          %task config [max_workers=N] [timeout=SECONDS|none] [notify=failed,completed|none]
+                       [notify_after=SECONDS]
           %task show [NAME_OR_ID]           a task's live view here (default: the newest task)
         """
         if cell is None:
@@ -192,6 +197,7 @@ class TaskMagics(Magics):
             sink.close()
             output.close()
             raise
+        self.notify.follow(view.dashboard)
         display(view)
 
     def _worker(self) -> AsyncTaskWorker:
@@ -297,11 +303,16 @@ class TaskMagics(Magics):
 
     @magic_arguments(name="task config")  # type: ignore[untyped-decorator]
     @argument("settings", nargs="*", metavar="KEY=VALUE",
-              help="max_workers=N, timeout=SECONDS or timeout=none.")  # type: ignore[untyped-decorator]
+              help="max_workers=N, timeout=SECONDS or timeout=none, notify=failed,completed (or "
+                   "failed, completed, all, none: browser notifications when tasks finish while "
+                   "the page is hidden or after a long run), notify_after=SECONDS (default "
+                   "10).")  # type: ignore[untyped-decorator]
     def _task_config(self, line: str) -> None:
-        """Show the worker's settings, or set them: max_workers=N timeout=SECONDS|none."""
+        """Show the worker's settings, or set them: max_workers=N timeout=SECONDS|none
+        notify=failed,completed|none notify_after=SECONDS."""
         args = parse_argstring(self._task_config, line)
         changes: dict[str, Any] = {}
+        notify: dict[str, Any] = {}
         for item in args.settings:
             key, sep, value = item.partition("=")
             if not sep:
@@ -311,14 +322,27 @@ class TaskMagics(Magics):
                     changes["max_workers"] = int(value)
                 elif key == "timeout":
                     changes["task_timeout"] = None if value.lower() in ("none", "") else float(value)
+                elif key == "notify":
+                    notify["kinds"] = value
+                elif key == "notify_after":
+                    notify["after"] = float(value)
                 else:
-                    raise UsageError(f"%task config: unknown setting {key!r} (max_workers, timeout)")
+                    raise UsageError(f"%task config: unknown setting {key!r} "
+                                     "(max_workers, timeout, notify, notify_after)")
             except ValueError:
                 raise UsageError(f"%task config: {key} needs a number, got {value!r}") from None
+        # The notification choice is checked before anything changes (it is applied last).
+        try:
+            NotifySettings(notify.get("kinds", self.notify.kinds), notify.get("after", self.notify.after))
+        except ValueError as exc:
+            raise UsageError(f"%task config: {exc}") from None
         worker = self._worker()
         self._configure(worker, changes)
+        if notify:
+            self.notify.update(**notify)
         timeout = "none" if worker.task_timeout is None else f"{worker.task_timeout:g}"
-        print(f"max_workers={worker.max_workers} timeout={timeout}")
+        print(f"max_workers={worker.max_workers} timeout={timeout} "
+              f"notify={self.notify.kinds or 'none'} notify_after={self.notify.after:g}")
 
     @staticmethod
     def _configure(worker: AsyncTaskWorker, changes: dict[str, Any]) -> None:
@@ -390,6 +414,7 @@ class TaskMagics(Magics):
                 from IPython.display import display
 
                 self.dashboards.append(dashboard)
+                self.notify.follow(dashboard)
                 display(dashboard)
                 return
         print(text_table(worker.get_all_tasks(limit=LIST_LIMIT), total=len(worker)))

@@ -75,6 +75,8 @@ class RowView {
     this.bar.setAttribute("aria-valuemax", "100");
     this.fill = this.bar.appendChild(h("div", "tw-bar-fill"));
     this.pct = progressCell.appendChild(h("span", "tw-pct"));
+    this.progressCell = progressCell;
+    this.eta = null; // made when the task first has an ETA (eta.js)
     this.elapsed = cell("tw-col-elapsed");
     this.button = cell("tw-col-actions").appendChild(h("button", "tw-cancel", "Cancel"));
     this.button.type = "button";
@@ -166,6 +168,9 @@ class RowView {
     }
     const text = fmtElapsed(ms);
     if (this.elapsed.textContent !== text) this.elapsed.textContent = text;
+    const eta = etaText(r, this.view.kernelNow());
+    if (eta && !this.eta) this.eta = this.progressCell.appendChild(h("span", "tw-eta"));
+    if (this.eta && this.eta.textContent !== eta) this.eta.textContent = eta;
   }
 }
 
@@ -197,12 +202,19 @@ class DashboardView {
     this.body = table.appendChild(h("div", "tw-body"));
     this.body.setAttribute("role", "rowgroup");
     this.body.addEventListener("click", (event) => bodyClicked(this, event)); // details.js
+    // Local wall-clock times on hover of an elapsed time (eta.js), computed only then.
+    this.body.addEventListener("mouseover", (event) => {
+      const cell = event.target.closest && event.target.closest(".tw-col-elapsed");
+      const rowEl = cell && cell.closest(".tw-row");
+      const view = rowEl && this.rows.get(rowEl.dataset.taskId);
+      if (view) cell.title = timesTitle(view.row);
+    });
     this.empty = this.root.appendChild(h("div", "tw-empty", "No tasks"));
     this.more = this.root.appendChild(h("div", "tw-more"));
     this.more.hidden = true;
     this.note = this.root.appendChild(h("div", "tw-note"));
 
-    this.onMsg = (msg) => this.handleMessage(msg);
+    this.onMsg = (msg, buffers) => this.handleMessage(msg, buffers);
     this.onNote = () => this.renderNote();
     this.onFilter = () => {
       if (this.filter) this.filter.value = this.model.get("status_filter") || "";
@@ -235,6 +247,9 @@ class DashboardView {
       });
       this.resizer.observe(this.root);
     }
+    // Timeline / Table tabs, queue ETA and the Notify toggle (timeline.js, notify.js).
+    this.insight = this.single ? null : insightInit(this);
+    if (this.insight) this.insight.renderHeader(this.header);
     // The model's state may predate this view: ask the kernel for the current one.
     model.send({ type: "sync" });
   }
@@ -281,7 +296,7 @@ class DashboardView {
     return Date.now() + this.offset;
   }
 
-  handleMessage(msg) {
+  handleMessage(msg, buffers) {
     if (!msg || typeof msg !== "object") return;
     if (typeof msg.now === "number") this.offset = msg.now - Date.now();
     if (msg.type === "details") {
@@ -290,18 +305,22 @@ class DashboardView {
       const rows = {};
       for (const row of msg.rows || []) rows[row.id] = row;
       this.seq = msg.seq;
-      this.reset(rows, msg.header || {});
+      this.reset(rows, msg.header || {}, msg.eta);
     } else if (msg.type === "patch") {
       if (typeof msg.seq === "number" && msg.seq <= this.seq) return; // already in a snapshot
       this.seq = msg.seq;
       this.applyPatch(msg);
+      if (msg.finished) notifyFinished(this.model, msg.finished); // notify.js
+      if (msg.timeline && this.insight) this.insight.timeline.applyDelta(msg.timeline);
+    } else if (msg.type === "timeline" && this.insight) {
+      this.insight.timeline.setFull(msg, buffers);
     }
   }
 
-  reset(rows, header) {
+  reset(rows, header, eta) {
     const keep = new Set(Object.keys(rows));
     const remove = [...this.rows.keys()].filter((id) => !keep.has(id));
-    this.applyPatch({ upsert: Object.values(rows), remove, header });
+    this.applyPatch({ upsert: Object.values(rows), remove, header, eta });
   }
 
   applyPatch(msg) {
@@ -319,6 +338,7 @@ class DashboardView {
       if (view) {
         const old = view.row;
         reorder ||= old.status !== row.status || old.priority !== row.priority;
+        if (row.eta === undefined && old.status === row.status) row.eta = old.eta; // eta.js
         view.update(row);
       } else {
         this.rows.set(row.id, new RowView(this, row));
@@ -328,6 +348,13 @@ class DashboardView {
     for (const [id, pct] of msg.progress || []) {
       const view = this.rows.get(id);
       if (view) view.setProgress(pct);
+    }
+    for (const [id, at] of msg.eta || []) {
+      const view = this.rows.get(id);
+      if (view) {
+        view.row.eta = at;
+        view.tick();
+      }
     }
     if (reorder || this.sort || (msg.remove && msg.remove.length)) this.reorder();
     if (msg.header && Object.keys(msg.header).length) this.renderHeader(msg.header);
@@ -367,6 +394,7 @@ class DashboardView {
     const more = header.more || 0;
     this.more.textContent = more ? `${more} more not shown` : "";
     this.more.hidden = !more;
+    if (this.insight) this.insight.renderHeader(header);
   }
 
   renderNote() {
@@ -381,11 +409,13 @@ class DashboardView {
       if (view.row.status === "running") view.tick();
     }
     tickDetails(this); // details.js
+    if (this.insight) this.insight.tick();
   }
 
   destroy() {
     clearInterval(this.timer);
     if (this.resizer) this.resizer.disconnect();
+    if (this.insight) this.insight.destroy();
     this.model.off("msg:custom", this.onMsg);
     this.model.off("change:note", this.onNote);
     this.model.off("change:status_filter", this.onFilter);
