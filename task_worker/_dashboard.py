@@ -20,9 +20,15 @@ Protocol (custom messages on the widget's comm):
 * browser -> kernel ``{"type": "sync"}`` (a view asks for a snapshot when it
   renders, so a view opened late shows the current state), ``{"type":
   "timeline"}`` (the timeline tab opened: send it in full, then its changes),
-  ``{"type": "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``.
-  The status filter (``status_filter``) and the Notify toggle (``notify``) are
-  the only synced state the browser may set. A state update carrying anything else (``_rows``,
+  ``{"type": "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``,
+  ``{"type": "details", "id", "view"}`` (a view asks for a task's details; the
+  reply ``{"type": "details", "id", "view", "details"}`` goes to every view of
+  the model, as all comm messages do, and only the view whose token ``view`` it
+  carries shows it; ``details`` is ``None`` for a task the worker no longer
+  knows; see ``_details``).
+  The filters (``status_filter``, and ``text_filter``, see ``_search``) and the
+  Notify toggle (``notify``) are the only synced state the browser may set. A
+  state update carrying anything else (``_rows``,
   ``_header``, ``task_id``, ``note``, ...) has those keys ignored, and an
   invalid filter is refused: the kernel keeps its value and sends it back to
   every view as the echo of that update.
@@ -42,7 +48,11 @@ Stable hooks for browser tests (kept exact on purpose):
   ``select``), ``tw-more`` (the "N more" line), ``tw-note`` (the note text),
   ``tw-error`` (a failed task's message) and ``tw-traceback`` (a ``details``);
 * a ``%%task`` view's output area (an ``ipywidgets.Output``) has class
-  ``tw-task-output``.
+  ``tw-task-output``;
+* a row's details pane (opened by clicking the row) has class ``tw-details``
+  and ``data-task-id``; each of its fields is a ``[data-field=NAME]`` element;
+  column headers that sort have ``data-sort`` (the key) and ``aria-sort``; the
+  text filter box has class ``tw-search``.
 
 Every piece of user text (names, ids, metadata, errors, tracebacks) is set with
 ``textContent`` in the browser, never parsed as HTML.
@@ -62,10 +72,12 @@ from typing import Any, Protocol
 import anywidget
 import traitlets as t
 
+from ._details import MAX_ID, task_details
 from ._eta import EtaTracker, queue_estimate
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
 from ._notify import MAX_FINISHED_PER_PATCH, NOTIFY_AFTER, check_notify_after, parse_notify
+from ._search import check_text_filter, select_matching
 from ._status import TaskStatus
 from ._table import (
     TERMINAL_VALUES,
@@ -89,11 +101,11 @@ _STATIC = pathlib.Path(__file__).parent / "static"
 #: The browser side, concatenated into one ES module in this order: each feature's
 #: script defines top-level functions that ``dashboard.js`` (last: it has the
 #: ``export default``) uses.
-_ESM_PARTS: tuple[str, ...] = ("eta.js", "timeline.js", "notify.js", "dashboard.js")
+_ESM_PARTS: tuple[str, ...] = ("details.js", "eta.js", "timeline.js", "notify.js", "dashboard.js")
 
 #: The synced traits the browser may set, with their checks; everything else it sends is ignored.
 _FRONTEND_TRAITS: dict[str, Callable[[object], str]] = {
-    "status_filter": check_filter, "notify": parse_notify}
+    "status_filter": check_filter, "text_filter": check_text_filter, "notify": parse_notify}
 _PROGRESS = EventKind.PROGRESS
 _FINISHED = EventKind.FINISHED
 _REMOVED = EventKind.REMOVED
@@ -130,6 +142,9 @@ class TaskDashboard(anywidget.AnyWidget):
         max_rows: Rows shown at most; the rest are counted in an "N more" line.
         status_filter: Show only tasks with this status (``""``: all).
             Settable, also from the browser's filter menu.
+        text_filter: Show only tasks whose name, id or metadata contain this text
+            (ignoring case; ``""``: all), chosen among all the worker's tasks.
+            Settable, also from the browser's filter box.
         interval: Shortest time in seconds between two updates sent to the browser.
 
     Rows: running tasks first, then pending ones in the order they will
@@ -148,6 +163,7 @@ class TaskDashboard(anywidget.AnyWidget):
 
     task_id = t.Unicode("").tag(sync=True)
     status_filter = t.Unicode("").tag(sync=True)
+    text_filter = t.Unicode("").tag(sync=True)
     #: A short line of text shown under the table (the %%task view sets it when starved).
     note = t.Unicode("").tag(sync=True)
     #: Outcomes to notify in the browser when a task finishes ("", "completed", "failed" or
@@ -167,6 +183,7 @@ class TaskDashboard(anywidget.AnyWidget):
         task_id: str | None = None,
         max_rows: int = 200,
         status_filter: str = "",
+        text_filter: str = "",
         interval: float = 0.1,
         _clock: Callable[[], float] | None = None,
         _call_later: CallLater | None = None,
@@ -185,6 +202,7 @@ class TaskDashboard(anywidget.AnyWidget):
             if task_id not in worker:
                 raise KeyError(f"no task with id {task_id!r}")
         status_filter = check_filter(status_filter)
+        text_filter = check_text_filter(text_filter)
         self._worker = worker
         self._single = task_id
         self._max_rows = max_rows
@@ -200,6 +218,8 @@ class TaskDashboard(anywidget.AnyWidget):
         self._membership_dirty = False
         self._recent: OrderedDict[str, TaskInfo] = OrderedDict()
         self._selecting_filter = status_filter
+        self._text = text_filter
+        self._matching = 0  # tasks matching the text filter, at the last selection
         self._eta = EtaTracker()
         self._timeline = TimelineFeed(worker)
         self._starve: StarveRecorder | None = None
@@ -209,8 +229,8 @@ class TaskDashboard(anywidget.AnyWidget):
         rows = {info.id: make_row(info) for info in infos}
         header = self._make_header(len(rows), status_filter)
         super().__init__(
-            task_id=task_id or "", status_filter=status_filter, _rows=rows, _header=header,
-            **kwargs)
+            task_id=task_id or "", status_filter=status_filter, text_filter=text_filter, _rows=rows,
+            _header=header, **kwargs)
         self._rows_state: dict[str, dict[str, Any]] = self._rows
         self._header_state: dict[str, Any] = self._header
         self.on_msg(self._on_frontend_msg)
@@ -371,6 +391,10 @@ class TaskDashboard(anywidget.AnyWidget):
             # A task dropped from the history keeps its last row.
             info = self._worker.get_task_info(self._single)
             return [info] if info is not None else []
+        if self._text:
+            infos, self._matching = select_matching(
+                self._worker, status_filter, self._text, self._max_rows)
+            return infos
         return select_rows(self._worker, status_filter, self._max_rows,
                             reversed(self._recent.values()))
 
@@ -379,7 +403,10 @@ class TaskDashboard(anywidget.AnyWidget):
             return {}
         s = self._worker.stats()
         counts = {k.value: v for k, v in s.counts.items()}
-        matching = counts[status_filter] if status_filter else s.total
+        if self._text:
+            matching = self._matching
+        else:
+            matching = counts[status_filter] if status_filter else s.total
         header = {
             "running": s.running, "busy": s.busy, "max_workers": s.max_workers,
             "counts": counts, "total": s.total, "shown": shown,
@@ -559,13 +586,14 @@ class TaskDashboard(anywidget.AnyWidget):
         accepted: dict[str, Any] = {}
         refused: list[str] = []
         for name, value in sync_data.items():
-            if name not in _FRONTEND_TRAITS:
+            check = _FRONTEND_TRAITS.get(name)
+            if check is None:
                 if name in self.keys:
                     logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
                     refused.append(name)
                 continue
             try:
-                accepted[name] = _FRONTEND_TRAITS[name](value)
+                accepted[name] = check(value)
             except ValueError as exc:
                 logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
                 refused.append(name)
@@ -574,6 +602,13 @@ class TaskDashboard(anywidget.AnyWidget):
         if refused:
             # Plain JSON (no binary buffers among these traits).
             self._send({"method": "echo_update", "state": self.get_state(refused), "buffer_paths": []})
+
+    @t.validate("text_filter")
+    def _valid_text_filter(self, proposal: Any) -> str:
+        try:
+            return check_text_filter(proposal["value"])
+        except ValueError as exc:
+            raise _FilterError(str(exc)) from None
 
     @t.validate("notify")
     def _valid_notify(self, proposal: Any) -> str:
@@ -597,6 +632,32 @@ class TaskDashboard(anywidget.AnyWidget):
         self._membership_dirty = True
         self._schedule()
 
+    @t.observe("text_filter")
+    def _text_filter_changed(self, change: Any) -> None:
+        self._text = change["new"]
+        if self._single is not None:
+            return
+        self._membership_dirty = True
+        self._schedule()
+
+    def details(self, task_id: str) -> dict[str, Any] | None:
+        """What the details pane shows for ``task_id`` (see ``_details.task_details``);
+        ``None`` for an unknown task, or another task than a single-task view's own."""
+        if self._single is not None and task_id != self._single:
+            return None
+        return task_details(self._worker, task_id)
+
+    def _send_details(self, content: dict[str, Any]) -> None:
+        # Front-end values may be anything: a wrong one gets no reply at all.
+        task_id, view = content.get("id"), content.get("view")
+        if not (isinstance(task_id, str) and 0 < len(task_id) <= MAX_ID
+                and isinstance(view, str) and 0 < len(view) <= 64):
+            logger.debug("TaskDashboard: ignoring a bad details request %r", content)
+            return
+        if self._single is not None and task_id != self._single:
+            return
+        self.send({"type": "details", "id": task_id, "view": view, "details": self.details(task_id)})
+
     def _on_frontend_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if not isinstance(content, dict) or self._closed:
             return
@@ -607,6 +668,8 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._worker.cancel_task_nowait(task_id)
         elif kind == "sync":
             self._send_snapshot()
+        elif kind == "details":
+            self._send_details(content)
         elif self._single is not None:
             return  # the compact view has no other controls
         elif kind == "cancel_all":

@@ -85,7 +85,7 @@ class TaskMagics(Magics):
         #: ``%task COMMAND``: the method that parses and runs it.
         self._commands: dict[str, Any] = {
             "list": self._task_list, "cancel": self._task_cancel,
-            "result": self._task_result, "config": self._task_config,
+            "result": self._task_result, "config": self._task_config, "show": self._task_show,
         }
 
     # ------------------------------------------------------------ %%task / %task
@@ -123,6 +123,7 @@ class TaskMagics(Magics):
           %task result NAME_OR_ID           the result, or the error with its traceback
           %task config [max_workers=N] [timeout=SECONDS|none] [notify=failed,completed|none]
                        [notify_after=SECONDS]
+          %task show [NAME_OR_ID]           a task's live view here (default: the newest task)
         """
         if cell is None:
             return self._task_line(line)
@@ -358,6 +359,43 @@ class TaskMagics(Magics):
             except (TypeError, ValueError):
                 worker.task_timeout = old_timeout
                 raise
+
+    @magic_arguments(name="task show")  # type: ignore[untyped-decorator]
+    @argument("task", nargs="?", default=None, metavar="NAME_OR_ID",
+              help="The task (default: the most recently added one).")  # type: ignore[untyped-decorator]
+    def _task_show(self, line: str) -> None:
+        """Show a task's live view in this cell: status, progress, Cancel, and for a %%task its
+        whole output so far, then live. For a notebook that was not saved or a cell that is gone."""
+        args = parse_argstring(self._task_show, line)
+        worker = self._worker()
+        if args.task is None:
+            newest = worker.get_all_tasks(limit=1)
+            if not newest:
+                raise UsageError("%task show: there are no tasks yet")
+            task_id = newest[0].id
+        else:
+            task_id = self._resolve(worker, _unquote(args.task))
+        if self.widgets:
+            from IPython.display import display
+
+            view = self.views.get(worker, task_id)
+            if view is not None and not view.closed:
+                display(view)  # the same widgets: every view of them is live
+                return
+            try:
+                from ._dashboard import TaskDashboard
+
+                dashboard = TaskDashboard(worker, task_id=task_id)
+            except ImportError:
+                pass
+            else:
+                self.dashboards.append(dashboard)
+                display(dashboard)
+                return
+        from ._details import details_text, task_details
+
+        details = task_details(worker, task_id)
+        print(details_text(details) if details is not None else f"task {task_id!r} is no longer known")
 
     # ------------------------------------------------------------------- %tasks
     @line_magic

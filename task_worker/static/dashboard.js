@@ -82,6 +82,7 @@ class RowView {
     this.button.type = "button";
     this.button.addEventListener("click", () => this.cancel());
     this.detail = null;
+    this.pane = null;
     this.row = null;
     this.update(row);
   }
@@ -110,7 +111,8 @@ class RowView {
     }
     if (!old || old.meta !== row.meta) {
       this.meta.textContent = row.meta || "";
-      this.meta.hidden = !row.meta;
+      // A task's own view leaves metadata to its details pane.
+      this.meta.hidden = !row.meta || this.view.single;
     }
     if (!old || old.priority !== row.priority) {
       // The table has a "Priority" column header; a task's own view has no header.
@@ -127,6 +129,7 @@ class RowView {
     }
     this.setProgress(row.progress);
     if (!old || old.error !== row.error || old.traceback !== row.traceback) this.updateDetail(row);
+    rowUpdated(this, old); // details.js
     this.tick();
   }
 
@@ -143,7 +146,8 @@ class RowView {
       this.detail.remove();
       this.detail = null;
     }
-    if (!row.error && !row.traceback) return;
+    // A task's own view shows its error in its output area already, and in its details pane.
+    if (this.view.single || (!row.error && !row.traceback)) return;
     const detail = h("div", "tw-detail");
     detail.setAttribute("role", "note");
     if (row.error) detail.appendChild(h("div", "tw-error", row.error));
@@ -177,6 +181,8 @@ class DashboardView {
     this.offset = 0; // kernel clock minus browser clock, in ms
     this.seq = 0;
     this.rows = new Map(); // id -> RowView
+    this.openPanes = new Map(); // id -> RowView with its details pane open (details.js)
+    this.sort = null; // {key, dir} of a sorted column (details.js), null: the kernel's order
     this.header = {};
     this.root = h("div", this.single ? "tw-dashboard tw-single" : "tw-dashboard");
     el.appendChild(this.root);
@@ -187,10 +193,15 @@ class DashboardView {
     if (!this.single) {
       const head = table.appendChild(h("div", "tw-headrow tw-grid"));
       head.setAttribute("role", "row");
-      for (const title of COLUMNS) head.appendChild(h("div", "tw-cell", title)).setAttribute("role", "columnheader");
+      COLUMNS.forEach((title, i) => {
+        const cell = head.appendChild(h("div", "tw-cell", title));
+        cell.setAttribute("role", "columnheader");
+        makeSortable(this, cell, i); // details.js (and the filter box in the Task column's header)
+      });
     }
     this.body = table.appendChild(h("div", "tw-body"));
     this.body.setAttribute("role", "rowgroup");
+    this.body.addEventListener("click", (event) => bodyClicked(this, event)); // details.js
     // Local wall-clock times on hover of an elapsed time (eta.js), computed only then.
     this.body.addEventListener("mouseover", (event) => {
       const cell = event.target.closest && event.target.closest(".tw-col-elapsed");
@@ -288,7 +299,9 @@ class DashboardView {
   handleMessage(msg, buffers) {
     if (!msg || typeof msg !== "object") return;
     if (typeof msg.now === "number") this.offset = msg.now - Date.now();
-    if (msg.type === "snapshot") {
+    if (msg.type === "details") {
+      onDetailsMessage(this, msg); // details.js
+    } else if (msg.type === "snapshot") {
       const rows = {};
       for (const row of msg.rows || []) rows[row.id] = row;
       this.seq = msg.seq;
@@ -317,6 +330,7 @@ class DashboardView {
       if (view) {
         view.el.remove();
         this.rows.delete(id);
+        forgetDetails(this, id); // details.js
       }
     }
     for (const row of msg.upsert || []) {
@@ -342,13 +356,13 @@ class DashboardView {
         view.tick();
       }
     }
-    if (reorder || (msg.remove && msg.remove.length)) this.reorder();
+    if (reorder || this.sort || (msg.remove && msg.remove.length)) this.reorder();
     if (msg.header && Object.keys(msg.header).length) this.renderHeader(msg.header);
     this.empty.hidden = this.rows.size > 0;
   }
 
   reorder() {
-    const ordered = [...this.rows.values()].sort((a, b) => compareRows(a.row, b.row));
+    const ordered = [...this.rows.values()].sort(rowComparator(this)); // details.js
     if (!this.body.firstChild) {
       // First fill: one insertion into the live document.
       const fragment = document.createDocumentFragment();
@@ -394,6 +408,7 @@ class DashboardView {
     for (const view of this.rows.values()) {
       if (view.row.status === "running") view.tick();
     }
+    tickDetails(this); // details.js
     if (this.insight) this.insight.tick();
   }
 
@@ -405,6 +420,7 @@ class DashboardView {
     this.model.off("change:note", this.onNote);
     this.model.off("change:status_filter", this.onFilter);
     this.model.off("change:_rows", this.onState);
+    destroySearch(this); // details.js
   }
 }
 
