@@ -201,11 +201,13 @@ def dependency_reason(label: str, status: TaskStatus) -> str:
     return f"cancelled: dependency {label!r} {what}"
 
 
-def _lookup(items: Iterable[Any], by_id: dict[str, Any], key: str) -> Any:
-    # Names first (the newest task with that name), then ids: as %task cancel and
-    # task_worker.wait resolve them, so a re-run %%task -n NAME cell is what NAME means.
+def _lookup(items: Iterable[Any], by_id: dict[str, Any], key: str,
+            label: Callable[[Any], str]) -> Any:
+    # Labels first (the newest task so named), then ids: a re-run ``%%task -n load``
+    # cell (a generated id, named "load") is what "load" means, not its first run;
+    # a task given an explicit ``task_id`` is named by it, not by its function's name.
     for item in items:
-        if item.name == key:
+        if label(item) == key:
             return item
     return by_id.get(key)
 
@@ -236,7 +238,7 @@ def resolve_after(
     ids: list[str] = []
     unfinished: dict[str, str] = {}
     for key in keys:
-        item = _lookup(reversed(by_id.values()), by_id, key)
+        item = _lookup(reversed(by_id.values()), by_id, key, label)
         if item is None:
             raise ValueError(f"after: no task with id or name {key!r}")
         if item.id in ids:

@@ -921,7 +921,8 @@ class AsyncTaskWorker:
         if type(rec) is not TaskRecord:
             return None
         if rec.status is _PENDING:
-            self._end(rec, _CANCELLED, error="cancelled before it started")
+            self._end(rec, _CANCELLED, error="cancelled before it started" if rec.started is None
+                      else "cancelled during its retry delay")
         elif rec.cancel_reason is None:
             self._tell_to_stop(rec, _CANCELLED_BY_USER, give_up_after=self._cancel_grace)
         return rec
