@@ -22,6 +22,7 @@ def test_after_waits_for_the_named_cells_and_retries_rerun_the_body(ip: Any, cap
         body = ("chain_calls.append('train')\n"
                 "if chain_calls.count('train') < 3:\n"
                 "    raise ConnectionError(f\"flaky {chain_calls.count('train')}\")\n"
+                "chain_trained = 'yes'  # a retried attempt's names reach the notebook too\n"
                 "print('trained')\n'model'")
         ip.run_cell_magic("task", "-n chain_train --after chain_load,chain_clean --retries 3 "
                           "--retry-delay 0 --retry-backoff 1.5", body)
@@ -34,6 +35,7 @@ def test_after_waits_for_the_named_cells_and_retries_rerun_the_body(ip: Any, cap
         assert ip.user_ns["chain_calls"][-3:] == ["train", "train", "train"]
         assert set(ip.user_ns["chain_calls"][:2]) == {"load", "clean"}
         assert "trained" in text_of(outputs(m, "chain_train"))
+        assert ip.user_ns["chain_trained"] == "yes"
 
 
 def test_plain_cell_makes_a_plain_task(ip: Any) -> None:
