@@ -71,7 +71,9 @@ def text_table(infos: Iterable[TaskInfo], *, max_rows: int | None = None,
         shown = shown_error(info)
         error = shown.splitlines()[0] if shown else ""
         note = chain_text(info) if info.chain is not None else None
-        status = info.status.value if note is None else f"{info.status.value} ({note})"
+        status = info.status.value
+        if note is not None:  # "completed (on attempt 2/4)", not "completed (completed on ...)"
+            status = f"{status} ({note.removeprefix(status + ' ')})"
         rows.append((
             _clip(info.id, 24), _clip(info.name, 30), _clip(status, 50), str(info.priority),
             f"{info.progress * 100:5.1f}%", _fmt_seconds(info.elapsed), _clip(error, 60),

@@ -150,3 +150,10 @@ async def test_single_task_view_follows_the_countdown(worker: AsyncTaskWorker) -
     [row] = dash.rows
     assert row["status"] == "cancelled" and row["error"] == "cancelled during its retry delay"
     dash.close()
+
+
+async def test_text_table_says_on_which_attempt_once(worker: AsyncTaskWorker) -> None:
+    tid = await worker.add_task(Flaky(1), retries=3, retry_delay=0)
+    await worker.wait(tid)
+    info = worker.get_task_info(tid)
+    assert info is not None and "completed (on attempt 2/4)" in text_table([info])
