@@ -290,8 +290,13 @@ class AsyncTaskWorker:
         self._emit_worker()
         table = self._table
         try:
-            # Parked tasks first: they are the dependents, and end for this reason.
-            for rec in list(table.waiting.values()):
+            # Parked tasks first (they are the dependents), each for this reason, not
+            # for its dependency's: none is left to cascade to.
+            parked = list(table.waiting.values())
+            for rec in parked:
+                if rec.chain is not None:
+                    rec.chain.dependents = None
+            for rec in parked:
                 self._end(rec, _CANCELLED, error=(
                     "cancelled: the worker stopped before it started" if rec.started is None
                     else "cancelled: the worker stopped during its retry delay"))

@@ -466,14 +466,16 @@ async def test_stop_cancels_waiting_and_delayed_tasks(worker: AsyncTaskWorker) -
     gate, gated = _gated()
     a = await worker.add_task(gated)
     b = await worker.add_task(_value, 1, after=a)
+    b2 = await worker.add_task(_value, 2, after=b)
     c = await worker.add_task(Flaky(1), retries=1, retry_delay=30)
     await wait_until(worker, lambda: worker.get_task_info(c).waiting_for == "retry delay")  # type: ignore[union-attr]
     handle = worker._table.get(c).timer  # type: ignore[union-attr]
     await worker.stop(timeout=0)
     assert worker.get_task_info(b).error == "cancelled: the worker stopped before it started"  # type: ignore[union-attr]
+    assert worker.get_task_info(b2).error == "cancelled: the worker stopped before it started"  # type: ignore[union-attr]
     assert worker.get_task_info(c).error == "cancelled: the worker stopped during its retry delay"  # type: ignore[union-attr]
     assert handle is not None and handle.cancelled()
-    for t in (a, b, c):
+    for t in (a, b, b2, c):
         assert worker.get_task_info(t).done  # type: ignore[union-attr]
         assert rec.kinds(t).count(EventKind.FINISHED) == 1
     gate.set()
