@@ -479,3 +479,16 @@ async def test_stop_cancels_waiting_and_delayed_tasks(worker: AsyncTaskWorker) -
         assert worker.get_task_info(t).done  # type: ignore[union-attr]
         assert rec.kinds(t).count(EventKind.FINISHED) == 1
     gate.set()
+
+
+async def test_chain_options_are_not_passed_to_the_task_function(worker: AsyncTaskWorker) -> None:
+    async def takes(**kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    first = await worker.add_task(takes, x=1)
+    assert await worker.wait(first) == {"x": 1}
+    second = worker.add_task_nowait(takes, y=2, after=first, retries=1, retry_delay=0, retry_backoff=1,
+                                    retry_on=ValueError)
+    assert await worker.wait(second) == {"y": 2}
+    info = worker.get_task_info(second)
+    assert info is not None and info.depends_on == (first,) and info.max_attempts == 2
