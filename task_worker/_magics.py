@@ -10,6 +10,7 @@ checked by the worker; its ``TypeError``/``ValueError`` reach the user as a
 
 from __future__ import annotations
 
+import builtins
 import keyword
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,7 +53,24 @@ def _worker_refusals(what: str) -> Iterator[None]:
         raise UsageError(f"{what}: {exc}") from None
 
 
-def _chain_options(args: Any) -> dict[str, Any]:
+def _exception_types(text: str, user_ns: dict[str, Any]) -> tuple[Any, ...]:
+    """``--retry-on`` names to the objects they name: in the notebook, then the builtins."""
+    found = []
+    for name in (n.strip() for n in _unquote(text).split(",")):
+        head, *rest = name.split(".")
+        if not head.isidentifier() or not all(part.isidentifier() for part in rest):
+            raise UsageError(f"%%task: --retry-on needs exception names, got {name!r}")
+        try:
+            obj = user_ns[head] if head in user_ns else getattr(builtins, head)
+            for part in rest:
+                obj = getattr(obj, part)
+        except (KeyError, AttributeError):
+            raise UsageError(f"%%task: --retry-on: no exception named {name!r} here") from None
+        found.append(obj)
+    return tuple(found)
+
+
+def _chain_options(args: Any, user_ns: dict[str, Any]) -> dict[str, Any]:
     """``add_task``'s ``after=`` / ``retries=`` options from ``%%task`` arguments (only those
     given: a plain cell makes a plain task). The worker checks the values."""
     options: dict[str, Any] = {}
@@ -63,12 +81,12 @@ def _chain_options(args: Any) -> dict[str, Any]:
         options["after"] = names
     if args.retries:
         options["retries"] = args.retries
-    for key in ("retry_delay", "retry_backoff"):
+    for key in ("retry_delay", "retry_backoff", "retry_on"):
         value = getattr(args, key)
         if value is not None:
             if not args.retries:
                 raise UsageError(f"%%task: --{key.replace('_', '-')} needs --retries")
-            options[key] = value
+            options[key] = _exception_types(value, user_ns) if key == "retry_on" else value
     return options
 
 
@@ -125,6 +143,9 @@ class TaskMagics(Magics):
               help="Seconds before the first retry (default 1); the task holds no slot meanwhile.")  # type: ignore[untyped-decorator]
     @argument("--retry-backoff", type=float, default=None, metavar="FACTOR",
               help="Each later retry waits FACTOR times longer (default 2).")  # type: ignore[untyped-decorator]
+    @argument("--retry-on", default=None, metavar="EXCEPTIONS",
+              help="Retry only these exception types (comma-separated names, looked up in the "
+                   "notebook, then the builtins; dotted names work), e.g. ConnectionError,TimeoutError.")  # type: ignore[untyped-decorator]
     @argument("--thread", action="store_true",
               help="Run the body in a worker thread (default for a body without top-level await).")  # type: ignore[untyped-decorator]
     @argument("--async", dest="run_async", action="store_true",
@@ -184,7 +205,7 @@ class TaskMagics(Magics):
             metadata={"source": "%%task", "cell": number,
                       "mode": "async" if run_async else "thread"},
         )
-        options.update(_chain_options(args))
+        options.update(_chain_options(args, self._ip.user_ns))
         if not self.widgets:
             with _worker_refusals("%%task"):
                 task_id = worker.add_task_nowait(runner, **options)

@@ -52,6 +52,10 @@ def test_plain_cell_makes_a_plain_task(ip: Any) -> None:
     ("-n chain_bad --retries 2 --retry-delay -3", "retry_delay"),
     ("-n chain_bad --retries 2 --retry-backoff 0.5", "retry_backoff"),
     ("-n chain_bad --retry-delay 3", "--retry-delay needs --retries"),
+    ("-n chain_bad --retries 1 --retry-on NoSuchError", "no exception named 'NoSuchError'"),
+    ("-n chain_bad --retries 1 --retry-on len", "retry_on must be an exception type"),
+    ("-n chain_bad --retries 1 --retry-on 3x", "needs exception names"),
+    ("-n chain_bad --retry-on KeyError", "--retry-on needs --retries"),
 ])
 def test_bad_chain_options_are_usage_errors_and_create_nothing(ip: Any, line: str, match: str) -> None:
     with extension(ip):
@@ -81,3 +85,19 @@ def test_task_cancel_prints_the_dependents_it_cancels(ip: Any, capsys: Any) -> N
         ip.run_line_magic("task", "list")
         listed = capsys.readouterr().out
         assert "cancelled" in listed and "chain_fit" in listed
+
+
+def test_retry_on_names_the_exceptions_to_retry(ip: Any) -> None:
+    ip.user_ns["chain_attempts"] = []
+    ip.user_ns["chain_errors"] = __import__("types").SimpleNamespace(Flaky=ConnectionResetError)
+    body = "chain_attempts.append(1)\nraise ValueError('bad input')"
+    with extension(ip):
+        ip.run_cell_magic("task", "-n chain_only_key --retries 2 --retry-delay 0 --retry-on KeyError",
+                          body)
+        assert finish("chain_only_key").attempt == 1
+        ip.run_cell_magic("task", "-n chain_value --retries 2 --retry-delay 0 "
+                          "--retry-on chain_errors.Flaky,ValueError", body)
+        info = finish("chain_value")
+        assert info.status == "failed" and info.attempt == 3
+        assert info.attempt_errors == ("ValueError: bad input",) * 3
+    assert len(ip.user_ns["chain_attempts"]) == 4
