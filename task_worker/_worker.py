@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._chains import (
     DEFAULT_RETRY_ON,
     Chain,
+    ChainInfo,
     RetryPolicy,
     active_dependents,
     dependency_reason,
@@ -531,7 +532,24 @@ class AsyncTaskWorker:
             if not self._dispatch_scheduled:
                 self._schedule_dispatch()
 
-    def _retry(self, rec: TaskRecord, chain: Chain, exc: BaseException | None) -> bool:
+    def _chain_end(
+        self, rec: TaskRecord, chain: Chain, status: TaskStatus, exc: BaseException | None,
+        error: str | None,
+    ) -> tuple[str | None, ChainInfo | None] | None:
+        """A chain task is ending: ``None`` if the failed attempt is to be retried instead,
+        else its final error (a cancel names the dependents it takes along) and ``ChainInfo``."""
+        if status is _FAILED:
+            if self._retry(rec, chain, exc, error):
+                return None
+            chain.errors.append(error or "failed")
+        elif status is _CANCELLED and chain.dependents:
+            n = sum(1 for _ in active_dependents(rec))
+            if n:
+                error = (error or "cancelled") + dependents_note(n)
+        return error, chain.freeze(final=True)
+
+    def _retry(self, rec: TaskRecord, chain: Chain, exc: BaseException | None,
+               error: str | None) -> bool:
         """If the attempt that just failed with ``exc`` is to be retried, park the task
         for its retry delay (it holds no slot) and return True."""
         reason = rec.cancel_reason
@@ -546,8 +564,7 @@ class AsyncTaskWorker:
         delay = chain.retry_delay(exc, timed_out)
         if delay is None:
             return False
-        assert exc is not None
-        chain.errors.append(error_message(exc))
+        chain.errors.append(error or "failed")
         chain.attempt += 1
         chain.retry_due = loop.time() + delay
         chain.retry_at = _now() + delay
@@ -832,9 +849,6 @@ class AsyncTaskWorker:
         if rec.timer is not None:
             rec.timer.cancel()
             rec.timer = None
-        chain = rec.chain
-        if chain is not None and status is _FAILED and self._retry(rec, chain, exc):
-            return
         tb = None
         if exc is not None:
             # User code (__str__, __repr__, __notes__ ...) that may raise: never
@@ -842,19 +856,18 @@ class AsyncTaskWorker:
             error = error_message(exc)
             if keep_traceback:
                 tb = format_traceback(exc)
-        if chain is not None:
-            if status is _FAILED:
-                chain.errors.append(error or "failed")
-            elif status is _CANCELLED and chain.dependents:
-                n = sum(1 for _ in active_dependents(rec))
-                if n:
-                    error = (error or "cancelled") + dependents_note(n)
+        chain = rec.chain
+        chain_info = None
+        if chain is not None:  # after= / retries= (_chains): the one test plain tasks pay here
+            ending = self._chain_end(rec, chain, status, exc, error)
+            if ending is None:
+                return  # to be retried
+            error, chain_info = ending
         progress = 1.0 if status is _COMPLETED else rec.progress
         key = rec.key
         info = new_info((
             rec.id, rec.name, status, key >> SEQ_BITS, progress, result, error, exc, tb,
-            rec.metadata, rec.created, rec.started, _now(), key & SEQ_MASK,
-            None if chain is None else chain.freeze(final=True),
+            rec.metadata, rec.created, rec.started, _now(), key & SEQ_MASK, chain_info,
         ))
         over_cap = self._table.finish(rec, info)  # reads rec.status: still the old one
         rec.status = status
