@@ -8,7 +8,10 @@ End to end, in JupyterLab (or Notebook 7) in headless Chromium, through the brow
 the page from the moment the cell is sent to the kernel until the cell's dashboard has all its rows
 in the DOM and a frame has been painted. That includes the kernel building the widget (O(rows
 shown)), the comm traffic and the JavaScript render. Measured for the default ``max_rows`` (200
-rows shown) and for every task as a row (``max_rows=tasks``, a stress case). Prints the medians.
+rows shown) and for every task as a row (``max_rows=tasks``, a stress case). Then the Timeline tab
+of a fresh dashboard: from the click until every task is in the chart and a frame was painted (the
+kernel builds the columns of all ``--tasks`` tasks, sends them with one binary buffer, the page
+decodes them and draws the visible rows). Prints the medians.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from e2e.harness import (
 )
 
 RUNNING, PENDING = 8, 200
+#: The results' key of the Timeline tab measurements.
+TIMELINE_KEY = -1
 
 SETUP = """\
 import asyncio, time
@@ -65,6 +70,38 @@ dash = worker.dashboard(max_rows={rows})
 print(f"BUILD {{(time.perf_counter() - t0) * 1000:.1f}} ms")
 dash"""
 
+TIMELINE = """\
+if "tl" in globals():
+    tl.close()
+tl = worker.dashboard()
+tl"""
+
+#: Runs cell ``index`` (a fresh dashboard), then clicks its Timeline tab and resolves with the
+#: milliseconds until the chart holds ``tasks`` tasks and the next frame was painted.
+_TIMELINE_JS = """async ([index, tasks]) => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    panel.content.activeCellIndex = index;
+    const cell = panel.content.widgets[index].node;
+    window.jupyterapp.commands.execute('notebook:run-cell');
+    const frame = () => new Promise(r => requestAnimationFrame(r));
+    const start = performance.now();
+    let tab;
+    while (!(tab = cell.querySelector('.tw-dashboard .tw-tab[data-tab="timeline"]'))
+           || !cell.querySelector('.tw-dashboard .tw-row')) {
+        await frame();
+        if (performance.now() - start > 120000) throw new Error('no dashboard after 120 s');
+    }
+    const t0 = performance.now();
+    tab.click();
+    const canvas = cell.querySelector('.tw-tl-canvas');
+    while (canvas.dataset.tasks !== String(tasks)) {
+        await frame();
+        if (performance.now() - t0 > 120000) throw new Error('no timeline after 120 s');
+    }
+    await frame();
+    return performance.now() - t0;
+}"""
+
 #: Runs cell ``index`` and resolves with the milliseconds until ``rows`` rows of its dashboard are
 #: in the DOM and the next frame was painted.
 _MEASURE_JS = """async ([index, rows]) => {
@@ -93,7 +130,12 @@ def measure(app: str, tasks: int, repeat: int) -> dict[int, list[float]]:
         for _ in range(repeat):
             cells.append(MEASURED.format(rows=rows))
             plan.append((len(cells) - 1, rows))
+    timeline_cells = []
+    for _ in range(repeat):
+        cells.append(TIMELINE)
+        timeline_cells.append(len(cells) - 1)
     results: dict[int, list[float]] = {rows: [] for rows in cases}
+    results[TIMELINE_KEY] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
@@ -121,6 +163,10 @@ def measure(app: str, tasks: int, repeat: int) -> dict[int, list[float]]:
                         results[rows].append(ms)
                         print(f"  {min(rows, tasks):>6} rows: {ms:7.1f} ms in the page "
                               f"({build[1] if build else '?'} ms of it building the widget in the kernel)")
+                    for index in timeline_cells:
+                        ms = b.page.evaluate(_TIMELINE_JS, [index, tasks])
+                        results[TIMELINE_KEY].append(ms)
+                        print(f"  timeline tab, {tasks} tasks: {ms:7.1f} ms from the click to the chart")
                 finally:
                     context.close()
         finally:
@@ -139,8 +185,10 @@ def main() -> None:
     print(f"{args.app}: a dashboard of a worker knowing {args.tasks} tasks, {args.repeat} runs each")
     results = measure(args.app, args.tasks, args.repeat)
     for rows, times in results.items():
+        what = (f"Timeline tab click -> {args.tasks} tasks drawn" if rows == TIMELINE_KEY
+                else f"cell run -> {rows} rows rendered")
         print(f"median {statistics.median(times):7.1f} ms  (min {min(times):.1f}, max {max(times):.1f}) "
-              f"cell run -> {rows} rows rendered")
+              f"{what}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ if _tw_magics is not None:
         pass
     for _tw_view in list(_tw_magics.views):
         _tw_final[_tw_view.widget.model_id] = _tw_view.dashboard.text()
-    for _tw_dash in _tw_magics.dashboards:
+# Every dashboard still open: from %tasks, and those a cell displayed itself.
+import gc as _tw_gc
+for _tw_dash in [_o for _o in _tw_gc.get_objects() if isinstance(_o, _tw.TaskDashboard)]:
+    if not _tw_dash.closed and _tw_dash.model_id:
         _tw_final[_tw_dash.model_id] = _tw_dash.text()
 print(_tw_json.dumps(_tw_final))
 """

@@ -36,6 +36,7 @@ __all__ = (
     "TaskEvent",
     "TaskExecutor",
     "TaskInfo",
+    "TaskInputError",
     "TaskStatus",
     "ThreadInterrupted",
     "WorkerStats",
@@ -59,6 +60,7 @@ __all__ = (
 _LAZY = {
     "tqdm": ("._tqdm", "tqdm"),
     "TaskDashboard": ("._dashboard", "TaskDashboard"),
+    "TaskInputError": ("._output", "TaskInputError"),
 }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._cellcode import user_traceback
+from ._details import register_views, unregister_views
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
 from ._output import TaskOutput, run_routed
@@ -189,6 +190,7 @@ class CellViews:
                show_result: bool = True) -> TaskCellView:
         """Build and keep the view of a task just added to ``worker``."""
         view = TaskCellView(worker, task_id, output, sink, show_result=show_result)
+        register_views(self)  # task details show the last lines of these output areas
         key = (id(worker), task_id)
         if id(worker) not in self._subscriptions:
             # Status changes only: progress events are the dashboard's business.
@@ -242,6 +244,7 @@ class CellViews:
 
     def close_all(self) -> None:
         """Close every view, unsubscribe and stop the heartbeats."""
+        unregister_views(self)
         for _, unsubscribe in self._subscriptions.values():
             unsubscribe()
         self._subscriptions.clear()

@@ -138,8 +138,11 @@ class Chain:
 
     @property
     def trivial(self) -> bool:
-        """A plain task that only has dependents: its snapshots carry no chain."""
-        return self.policy is None and not self.depends_on
+        """A plain task that no task waits on (yet): its snapshots carry no chain. One
+        with dependents carries one (attempt 1/1, no dependencies), so that views can
+        tell that its cancel reason names them."""
+        return (self.policy is None and not self.depends_on
+                and not any(d.info is None for d in self.dependents or ()))
 
     def waiting_for(self) -> str | None:
         if self.unfinished:

@@ -11,12 +11,24 @@ Protocol (custom messages on the widget's comm):
 * kernel -> browser ``{"type": "patch", "seq", "now", "upsert": [row...],
   "progress": [[id, percent]...], "remove": [id...], "header": {...}}``; only
   the keys that carry something are present. ``"snapshot"`` messages carry
-  ``rows`` (all of them) instead and replace the browser's state.
+  ``rows`` (all of them) instead and replace the browser's state. Patches may
+  also carry ``"eta": [[id, finish_ms or null]...]`` (``_eta``), ``"finished":
+  [[id, name, status, ran_ms, completed_ms]...]`` (tasks to notify, ``_notify``)
+  and ``"timeline"`` (changes since the last flush, ``_timeline``); the header
+  may carry ``"eta"`` (the whole queue's estimated finish). ``{"type":
+  "timeline"}`` messages carry the full timeline, with one binary buffer.
 * browser -> kernel ``{"type": "sync"}`` (a view asks for a snapshot when it
   renders, so a view opened late shows the current state), ``{"type":
-  "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``.
-  The status filter is the synced trait ``status_filter``: the only state the
-  browser may set. A state update carrying anything else (``_rows``,
+  "timeline"}`` (the timeline tab opened: send it in full, then its changes),
+  ``{"type": "cancel", "id"}``, ``{"type": "cancel_all"}``, ``{"type": "clear_finished"}``,
+  ``{"type": "details", "id", "view"}`` (a view asks for a task's details; the
+  reply ``{"type": "details", "id", "view", "details"}`` goes to every view of
+  the model, as all comm messages do, and only the view whose token ``view`` it
+  carries shows it; ``details`` is ``None`` for a task the worker no longer
+  knows; see ``_details``).
+  The filters (``status_filter``, and ``text_filter``, see ``_search``) and the
+  Notify toggle (``notify``) are the only synced state the browser may set. A
+  state update carrying anything else (``_rows``,
   ``_header``, ``task_id``, ``note``, ...) has those keys ignored, and an
   invalid filter is refused: the kernel keeps its value and sends it back to
   every view as the echo of that update.
@@ -36,7 +48,11 @@ Stable hooks for browser tests (kept exact on purpose):
   ``select``), ``tw-more`` (the "N more" line), ``tw-note`` (the note text),
   ``tw-error`` (a failed task's message) and ``tw-traceback`` (a ``details``);
 * a ``%%task`` view's output area (an ``ipywidgets.Output``) has class
-  ``tw-task-output``.
+  ``tw-task-output``;
+* a row's details pane (opened by clicking the row) has class ``tw-details``
+  and ``data-task-id``; each of its fields is a ``[data-field=NAME]`` element;
+  column headers that sort have ``data-sort`` (the key) and ``aria-sort``; the
+  text filter box has class ``tw-search``.
 
 Every piece of user text (names, ids, metadata, errors, tracebacks) is set with
 ``textContent`` in the browser, never parsed as HTML.
@@ -56,8 +72,13 @@ from typing import Any, Protocol
 import anywidget
 import traitlets as t
 
+from ._details import MAX_ID, task_details
+from ._eta import EtaTracker, queue_estimate
 from ._events import EventKind, TaskEvent
 from ._info import TaskInfo
+from ._notify import MAX_FINISHED_PER_PATCH, NOTIFY_AFTER, check_notify_after, parse_notify
+from ._search import check_text_filter, select_matching
+from ._status import TaskStatus
 from ._table import (
     TERMINAL_VALUES,
     cancel_all,
@@ -71,6 +92,7 @@ from ._table import (
     text_table,
     worker_text,
 )
+from ._timeline import StarveRecorder, TimelineFeed
 from ._worker import AsyncTaskWorker
 
 logger = logging.getLogger("task_worker")
@@ -79,13 +101,16 @@ _STATIC = pathlib.Path(__file__).parent / "static"
 #: The browser side, concatenated into one ES module in this order: each feature's
 #: script defines top-level functions that ``dashboard.js`` (last: it has the
 #: ``export default``) uses.
-_ESM_PARTS: tuple[str, ...] = ("dashboard.js",)
+_ESM_PARTS: tuple[str, ...] = ("details.js", "eta.js", "timeline.js", "notify.js", "dashboard.js")
 
-#: The synced traits the browser may set; everything else it sends is ignored.
-_FRONTEND_TRAITS = frozenset({"status_filter"})
+#: The synced traits the browser may set, with their checks; everything else it sends is ignored.
+_FRONTEND_TRAITS: dict[str, Callable[[object], str]] = {
+    "status_filter": check_filter, "text_filter": check_text_filter, "notify": parse_notify}
 _PROGRESS = EventKind.PROGRESS
 _FINISHED = EventKind.FINISHED
 _REMOVED = EventKind.REMOVED
+_STARTED = EventKind.STARTED
+_RUNNING = TaskStatus.RUNNING
 
 
 class _Handle(Protocol):
@@ -96,7 +121,8 @@ CallLater = Callable[[float, Callable[..., object], Any], _Handle]
 
 
 class _FilterError(t.TraitError, ValueError):
-    """An invalid ``status_filter`` (a ``ValueError`` that traitlets rolls back)."""
+    """An invalid ``status_filter``, ``notify`` or ``notify_after`` (a ``ValueError`` that
+    traitlets rolls back)."""
 
 
 def _flush_ref(ref: weakref.ReferenceType[TaskDashboard]) -> None:
@@ -116,6 +142,9 @@ class TaskDashboard(anywidget.AnyWidget):
         max_rows: Rows shown at most; the rest are counted in an "N more" line.
         status_filter: Show only tasks with this status (``""``: all).
             Settable, also from the browser's filter menu.
+        text_filter: Show only tasks whose name, id or metadata contain this text
+            (ignoring case; ``""``: all), chosen among all the worker's tasks.
+            Settable, also from the browser's filter box.
         interval: Shortest time in seconds between two updates sent to the browser.
 
     Rows: running tasks first, then pending ones in the order they will
@@ -134,8 +163,14 @@ class TaskDashboard(anywidget.AnyWidget):
 
     task_id = t.Unicode("").tag(sync=True)
     status_filter = t.Unicode("").tag(sync=True)
+    text_filter = t.Unicode("").tag(sync=True)
     #: A short line of text shown under the table (the %%task view sets it when starved).
     note = t.Unicode("").tag(sync=True)
+    #: Outcomes to notify in the browser when a task finishes ("", "completed", "failed" or
+    #: "completed,failed"; see ``_notify``). Settable, also from the browser's Notify toggle.
+    notify = t.Unicode("").tag(sync=True)
+    #: Seconds a task must have run to be notified while the page is visible.
+    notify_after = t.Float(NOTIFY_AFTER).tag(sync=True)
     # Full state for a new front end (comm_open / request_state). Mutated in
     # place on every flush so that it is current without being re-sent.
     _rows = t.Dict().tag(sync=True)
@@ -148,6 +183,7 @@ class TaskDashboard(anywidget.AnyWidget):
         task_id: str | None = None,
         max_rows: int = 200,
         status_filter: str = "",
+        text_filter: str = "",
         interval: float = 0.1,
         _clock: Callable[[], float] | None = None,
         _call_later: CallLater | None = None,
@@ -166,6 +202,7 @@ class TaskDashboard(anywidget.AnyWidget):
             if task_id not in worker:
                 raise KeyError(f"no task with id {task_id!r}")
         status_filter = check_filter(status_filter)
+        text_filter = check_text_filter(text_filter)
         self._worker = worker
         self._single = task_id
         self._max_rows = max_rows
@@ -181,13 +218,19 @@ class TaskDashboard(anywidget.AnyWidget):
         self._membership_dirty = False
         self._recent: OrderedDict[str, TaskInfo] = OrderedDict()
         self._selecting_filter = status_filter
+        self._text = text_filter
+        self._matching = 0  # tasks matching the text filter, at the last selection
+        self._eta = EtaTracker()
+        self._timeline = TimelineFeed(worker)
+        self._starve: StarveRecorder | None = None
+        self._finished_notes: list[list[Any]] = []
         self._fill_recent(status_filter)
         infos = self._select(status_filter)
         rows = {info.id: make_row(info) for info in infos}
         header = self._make_header(len(rows), status_filter)
         super().__init__(
-            task_id=task_id or "", status_filter=status_filter, _rows=rows, _header=header,
-            **kwargs)
+            task_id=task_id or "", status_filter=status_filter, text_filter=text_filter, _rows=rows,
+            _header=header, **kwargs)
         self._rows_state: dict[str, dict[str, Any]] = self._rows
         self._header_state: dict[str, Any] = self._header
         self.on_msg(self._on_frontend_msg)
@@ -268,6 +311,8 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._handle.cancel()
                 self._handle = None
             self._dirty.clear()
+            if self._starve is not None:
+                self._starve.stop()
         super().close()
 
     # ------------------------------------------------------------- events
@@ -278,6 +323,8 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._schedule()
             return
         task_id = info.id
+        if kind is _FINISHED and self.notify:
+            self._note_finished(info)
         if self._single is not None:
             if task_id != self._single:
                 return
@@ -289,6 +336,12 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._dirty[task_id] = info
                 self._schedule()
             return
+        if kind is _REMOVED:  # (the feed records nothing until a view opened the timeline)
+            self._timeline.note_removed(task_id)
+        else:
+            self._timeline.note(info)
+        if kind is _STARTED:
+            self._watch_starvation()
         if kind is _FINISHED:
             flt = self.status_filter
             if not flt or flt == info.status.value:
@@ -338,6 +391,10 @@ class TaskDashboard(anywidget.AnyWidget):
             # A task dropped from the history keeps its last row.
             info = self._worker.get_task_info(self._single)
             return [info] if info is not None else []
+        if self._text:
+            infos, self._matching = select_matching(
+                self._worker, status_filter, self._text, self._max_rows)
+            return infos
         return select_rows(self._worker, status_filter, self._max_rows,
                             reversed(self._recent.values()))
 
@@ -346,12 +403,19 @@ class TaskDashboard(anywidget.AnyWidget):
             return {}
         s = self._worker.stats()
         counts = {k.value: v for k, v in s.counts.items()}
-        matching = counts[status_filter] if status_filter else s.total
-        return {
+        if self._text:
+            matching = self._matching
+        else:
+            matching = counts[status_filter] if status_filter else s.total
+        header = {
             "running": s.running, "busy": s.busy, "max_workers": s.max_workers,
             "counts": counts, "total": s.total, "shown": shown,
             "more": max(0, matching - shown),
         }
+        eta = self._queue_eta(counts["pending"], counts["running"])
+        if eta is not None:
+            header["eta"] = eta
+        return header
 
     def _flush(self) -> None:
         self._last_flush = self._clock()
@@ -362,6 +426,8 @@ class TaskDashboard(anywidget.AnyWidget):
         upsert: list[dict[str, Any]] = []
         progress: list[list[Any]] = []
         remove: list[str] = []
+        eta: list[list[Any]] = []
+        now = time.time()
         if self._membership_dirty or self._single is not None:
             self._membership_dirty = False
             infos = self._select(self.status_filter)
@@ -370,12 +436,14 @@ class TaskDashboard(anywidget.AnyWidget):
                 remove = [task_id for task_id in rows if task_id not in wanted]
                 for task_id in remove:
                     del rows[task_id]
+                    self._eta.drop(task_id)
         else:
             infos = []
             for task_id, info in dirty.items():
                 old = rows.get(task_id)
                 if old is None:
                     continue
+                self._track_eta(info, now, eta)
                 if old["status"] != info.status.value:
                     infos.append(info)
                     continue
@@ -385,6 +453,7 @@ class TaskDashboard(anywidget.AnyWidget):
                     old["progress"] = pct
                     progress.append([task_id, pct])
         for info in infos:
+            self._track_eta(info, now, eta)
             new = make_row(info)
             old = rows.get(info.id)
             if old == new:
@@ -406,6 +475,14 @@ class TaskDashboard(anywidget.AnyWidget):
             msg["progress"] = progress
         if remove:
             msg["remove"] = remove
+        if eta:
+            msg["eta"] = eta
+        if self._finished_notes:
+            msg["finished"], self._finished_notes = self._finished_notes, []
+        if self._timeline.active:
+            delta = self._timeline.take_delta()
+            if delta is not None:
+                msg["timeline"] = delta
         if msg:
             self._seq += 1
             msg.update(type="patch", seq=self._seq, now=epoch_ms(time.time()))
@@ -413,10 +490,78 @@ class TaskDashboard(anywidget.AnyWidget):
 
     def _send_snapshot(self) -> None:
         self.flush()
+        eta = [[task_id, epoch_ms(self._eta.shown(task_id))] for task_id in self._rows_state
+               if self._eta.shown(task_id) is not None]
         self.send({
             "type": "snapshot", "seq": self._seq, "now": epoch_ms(time.time()),
             "rows": list(self._rows_state.values()), "header": dict(self._header_state),
+            "eta": eta,
         })
+
+    # ------------------------------------------- ETA, timeline, notifications
+    def _track_eta(self, info: TaskInfo, now: float, out: list[list[Any]]) -> None:
+        # At most once per shown row per flush: never on the worker's hot path.
+        task_id = info.id
+        if info.status is _RUNNING:
+            if self._eta.observe(task_id, info.started_ts, info.progress, now):
+                out.append([task_id, epoch_ms(self._eta.shown(task_id))])
+        elif task_id in self._eta:
+            self._eta.drop(task_id)
+
+    def _queue_eta(self, pending: int, running: int) -> int | None:
+        rows = getattr(self, "_rows_state", None)
+        if rows is None or not running:
+            return None
+        shown = self._eta.shown
+        at = queue_estimate((shown(r["id"]) for r in rows.values() if r["status"] == "running"),
+                            pending=pending, running=running)
+        return epoch_ms(at)
+
+    def _note_finished(self, info: TaskInfo) -> None:
+        # Only the outcomes asked for: "completed" and/or "failed", never "cancelled" (see _notify).
+        status = info.status
+        if status.value not in self.notify.split(","):
+            return
+        if len(self._finished_notes) >= MAX_FINISHED_PER_PATCH:
+            return
+        started, completed = info.started_ts, info.completed_ts
+        ran = 0 if started is None or completed is None else max(0, round((completed - started) * 1000))
+        self._finished_notes.append([info.id, info.name[:120], status.value, ran, epoch_ms(completed)])
+        self._schedule()
+
+    def _send_timeline(self) -> None:
+        self.flush()
+        msg, buffers = self._timeline.full()
+        msg["seq"] = self._seq
+        self.send(msg, buffers)
+
+    def _watch_starvation(self) -> None:
+        loop = self._worker.loop
+        if self._starve is not None and self._starve.loop is not loop:
+            self._starve.stop()  # the worker was restarted on another loop
+            self._starve = None
+        if self._starve is None:
+            if loop is None:
+                return
+            ref = weakref.ref(self)
+            worker = self._worker
+
+            def busy() -> bool:
+                dash = ref()
+                return dash is not None and not dash._closed and worker.stats().busy > 0
+
+            def on_starved(start: float, end: float) -> None:
+                dash = ref()
+                if dash is not None:
+                    dash._on_starved(start, end)
+
+            self._starve = StarveRecorder(loop, busy, on_starved)
+        self._starve.arm()
+
+    def _on_starved(self, start: float, end: float) -> None:
+        self._timeline.note_starved(start, end)
+        if self._timeline.active:
+            self._schedule()
 
     # ---------------------------------------------------------- front end
     @t.validate("status_filter")
@@ -441,13 +586,14 @@ class TaskDashboard(anywidget.AnyWidget):
         accepted: dict[str, Any] = {}
         refused: list[str] = []
         for name, value in sync_data.items():
-            if name not in _FRONTEND_TRAITS:
+            check = _FRONTEND_TRAITS.get(name)
+            if check is None:
                 if name in self.keys:
                     logger.warning("TaskDashboard: ignoring %r from the front end (kernel-owned)", name)
                     refused.append(name)
                 continue
             try:
-                accepted[name] = check_filter(value)
+                accepted[name] = check(value)
             except ValueError as exc:
                 logger.warning("TaskDashboard: refusing a front-end value: %s", exc)
                 refused.append(name)
@@ -457,6 +603,27 @@ class TaskDashboard(anywidget.AnyWidget):
             # Plain JSON (no binary buffers among these traits).
             self._send({"method": "echo_update", "state": self.get_state(refused), "buffer_paths": []})
 
+    @t.validate("text_filter")
+    def _valid_text_filter(self, proposal: Any) -> str:
+        try:
+            return check_text_filter(proposal["value"])
+        except ValueError as exc:
+            raise _FilterError(str(exc)) from None
+
+    @t.validate("notify")
+    def _valid_notify(self, proposal: Any) -> str:
+        try:
+            return parse_notify(proposal["value"])
+        except ValueError as exc:
+            raise _FilterError(str(exc)) from None
+
+    @t.validate("notify_after")
+    def _valid_notify_after(self, proposal: Any) -> float:
+        try:
+            return check_notify_after(proposal["value"])
+        except ValueError as exc:
+            raise _FilterError(str(exc)) from None
+
     @t.observe("status_filter")
     def _filter_changed(self, change: Any) -> None:
         if self._single is not None:
@@ -464,6 +631,32 @@ class TaskDashboard(anywidget.AnyWidget):
         self._fill_recent(change["new"])
         self._membership_dirty = True
         self._schedule()
+
+    @t.observe("text_filter")
+    def _text_filter_changed(self, change: Any) -> None:
+        self._text = change["new"]
+        if self._single is not None:
+            return
+        self._membership_dirty = True
+        self._schedule()
+
+    def details(self, task_id: str) -> dict[str, Any] | None:
+        """What the details pane shows for ``task_id`` (see ``_details.task_details``);
+        ``None`` for an unknown task, or another task than a single-task view's own."""
+        if self._single is not None and task_id != self._single:
+            return None
+        return task_details(self._worker, task_id)
+
+    def _send_details(self, content: dict[str, Any]) -> None:
+        # Front-end values may be anything: a wrong one gets no reply at all.
+        task_id, view = content.get("id"), content.get("view")
+        if not (isinstance(task_id, str) and 0 < len(task_id) <= MAX_ID
+                and isinstance(view, str) and 0 < len(view) <= 64):
+            logger.debug("TaskDashboard: ignoring a bad details request %r", content)
+            return
+        if self._single is not None and task_id != self._single:
+            return
+        self.send({"type": "details", "id": task_id, "view": view, "details": self.details(task_id)})
 
     def _on_frontend_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if not isinstance(content, dict) or self._closed:
@@ -475,12 +668,16 @@ class TaskDashboard(anywidget.AnyWidget):
                 self._worker.cancel_task_nowait(task_id)
         elif kind == "sync":
             self._send_snapshot()
+        elif kind == "details":
+            self._send_details(content)
         elif self._single is not None:
             return  # the compact view has no other controls
         elif kind == "cancel_all":
             self.cancel_all()
         elif kind == "clear_finished":
             self.clear_finished()
+        elif kind == "timeline":
+            self._send_timeline()
         else:
             logger.debug("TaskDashboard: ignoring front-end message %r", content)
 

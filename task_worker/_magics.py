@@ -24,6 +24,7 @@ from . import _session
 from ._cellcode import cell_number, compile_cell, make_runner, user_traceback
 from ._cellview import CellViews
 from ._namespace import LiveNamespaces
+from ._notify import NotifySettings
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
 from ._table import cancel_all, text_table
@@ -116,10 +117,13 @@ class TaskMagics(Magics):
         self.live = LiveNamespaces()
         #: Dashboards shown by ``%tasks`` (closed on unload).
         self.dashboards: list[Any] = []
+        #: The session's notification choice (``%task config notify=... notify_after=...``),
+        #: followed by ``%tasks`` dashboards and ``%%task`` views.
+        self.notify = NotifySettings()
         #: ``%task COMMAND``: the method that parses and runs it.
         self._commands: dict[str, Any] = {
             "list": self._task_list, "cancel": self._task_cancel,
-            "result": self._task_result, "config": self._task_config,
+            "result": self._task_result, "config": self._task_config, "show": self._task_show,
         }
 
     # ------------------------------------------------------------ %%task / %task
@@ -169,7 +173,9 @@ class TaskMagics(Magics):
           %task cancel NAME_OR_ID ...       cancel tasks and what waits on them (``--all``: every
                                             active task)
           %task result NAME_OR_ID           the result, or the error with its traceback
-          %task config [max_workers=N] [timeout=SECONDS|none]
+          %task config [max_workers=N] [timeout=SECONDS|none] [notify=failed,completed|none]
+                       [notify_after=SECONDS]
+          %task show [NAME_OR_ID]           a task's live view here (default: the newest task)
         """
         if cell is None:
             return self._task_line(line)
@@ -244,6 +250,7 @@ class TaskMagics(Magics):
             sink.close()
             output.close()
             raise
+        self.notify.follow(view.dashboard)
         display(view)
 
     def _worker(self) -> AsyncTaskWorker:
@@ -355,11 +362,16 @@ class TaskMagics(Magics):
 
     @magic_arguments(name="task config")  # type: ignore[untyped-decorator]
     @argument("settings", nargs="*", metavar="KEY=VALUE",
-              help="max_workers=N, timeout=SECONDS or timeout=none.")  # type: ignore[untyped-decorator]
+              help="max_workers=N, timeout=SECONDS or timeout=none, notify=failed,completed (or "
+                   "failed, completed, all, none: browser notifications when tasks finish while "
+                   "the page is hidden or after a long run), notify_after=SECONDS (default "
+                   "10).")  # type: ignore[untyped-decorator]
     def _task_config(self, line: str) -> None:
-        """Show the worker's settings, or set them: max_workers=N timeout=SECONDS|none."""
+        """Show the worker's settings, or set them: max_workers=N timeout=SECONDS|none
+        notify=failed,completed|none notify_after=SECONDS."""
         args = parse_argstring(self._task_config, line)
         changes: dict[str, Any] = {}
+        notify: dict[str, Any] = {}
         for item in args.settings:
             key, sep, value = item.partition("=")
             if not sep:
@@ -369,14 +381,27 @@ class TaskMagics(Magics):
                     changes["max_workers"] = int(value)
                 elif key == "timeout":
                     changes["task_timeout"] = None if value.lower() in ("none", "") else float(value)
+                elif key == "notify":
+                    notify["kinds"] = value
+                elif key == "notify_after":
+                    notify["after"] = float(value)
                 else:
-                    raise UsageError(f"%task config: unknown setting {key!r} (max_workers, timeout)")
+                    raise UsageError(f"%task config: unknown setting {key!r} "
+                                     "(max_workers, timeout, notify, notify_after)")
             except ValueError:
                 raise UsageError(f"%task config: {key} needs a number, got {value!r}") from None
+        # The notification choice is checked before anything changes (it is applied last).
+        try:
+            NotifySettings(notify.get("kinds", self.notify.kinds), notify.get("after", self.notify.after))
+        except ValueError as exc:
+            raise UsageError(f"%task config: {exc}") from None
         worker = self._worker()
         self._configure(worker, changes)
+        if notify:
+            self.notify.update(**notify)
         timeout = "none" if worker.task_timeout is None else f"{worker.task_timeout:g}"
-        print(f"max_workers={worker.max_workers} timeout={timeout}")
+        print(f"max_workers={worker.max_workers} timeout={timeout} "
+              f"notify={self.notify.kinds or 'none'} notify_after={self.notify.after:g}")
 
     @staticmethod
     def _configure(worker: AsyncTaskWorker, changes: dict[str, Any]) -> None:
@@ -393,6 +418,43 @@ class TaskMagics(Magics):
             except (TypeError, ValueError):
                 worker.task_timeout = old_timeout
                 raise
+
+    @magic_arguments(name="task show")  # type: ignore[untyped-decorator]
+    @argument("task", nargs="?", default=None, metavar="NAME_OR_ID",
+              help="The task (default: the most recently added one).")  # type: ignore[untyped-decorator]
+    def _task_show(self, line: str) -> None:
+        """Show a task's live view in this cell: status, progress, Cancel, and for a %%task its
+        whole output so far, then live. For a notebook that was not saved or a cell that is gone."""
+        args = parse_argstring(self._task_show, line)
+        worker = self._worker()
+        if args.task is None:
+            newest = worker.get_all_tasks(limit=1)
+            if not newest:
+                raise UsageError("%task show: there are no tasks yet")
+            task_id = newest[0].id
+        else:
+            task_id = self._resolve(worker, _unquote(args.task))
+        if self.widgets:
+            from IPython.display import display
+
+            view = self.views.get(worker, task_id)
+            if view is not None and not view.closed:
+                display(view)  # the same widgets: every view of them is live
+                return
+            try:
+                from ._dashboard import TaskDashboard
+
+                dashboard = TaskDashboard(worker, task_id=task_id)
+            except ImportError:
+                pass
+            else:
+                self.dashboards.append(dashboard)
+                display(dashboard)
+                return
+        from ._details import details_text, task_details
+
+        details = task_details(worker, task_id)
+        print(details_text(details) if details is not None else f"task {task_id!r} is no longer known")
 
     # ------------------------------------------------------------------- %tasks
     @line_magic
@@ -411,6 +473,7 @@ class TaskMagics(Magics):
                 from IPython.display import display
 
                 self.dashboards.append(dashboard)
+                self.notify.follow(dashboard)
                 display(dashboard)
                 return
         print(text_table(worker.get_all_tasks(limit=LIST_LIMIT), total=len(worker)))

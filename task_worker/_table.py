@@ -247,22 +247,30 @@ def chain_text(info: TaskInfo, now: float | None = None) -> str | None:
     return None
 
 
-def row_detail(info: TaskInfo) -> str | None:
-    """The detail line of a row: a chain task's ``chain_text`` while it is active
-    (or once it completed), else its error; a task that failed after several
+def row_note(info: TaskInfo) -> str | None:
+    """The note a row of a task in a chain shows in both views (the dashboard and the
+    task's own view): its ``chain_text``, or, once cancelled, the reason (the dependency
+    that failed, or how many dependents it took along). ``None`` for a plain task."""
+    if info.chain is None:
+        return None
+    if info.status is TaskStatus.CANCELLED:
+        return shown_error(info)
+    return chain_text(info)
+
+
+def error_text(info: TaskInfo) -> str | None:
+    """A row's error: ``shown_error``, except that a task that failed after several
     attempts lists the earlier attempts' errors under the last one."""
     error = shown_error(info)
     chain = info.chain
-    if chain is None:
+    if chain is None or info.status is not TaskStatus.FAILED or not error:
         return error
-    if not info.status.done or info.status is TaskStatus.COMPLETED:
-        return chain_text(info)
     errors = chain.attempt_errors
-    if info.status is TaskStatus.FAILED and len(errors) > 1 and error:
-        most = chain.max_attempts
-        earlier = "\n".join(f"attempt {i}/{most}: {e}" for i, e in enumerate(errors[:-1], 1))
-        return f"{error} (attempt {len(errors)}/{most})\n{earlier}"
-    return error
+    if len(errors) < 2:
+        return error
+    most = chain.max_attempts
+    earlier = "\n".join(f"attempt {i}/{most}: {e}" for i, e in enumerate(errors[:-1], 1))
+    return f"{error} (attempt {len(errors)}/{most})\n{earlier}"
 
 
 def epoch_ms(ts: float | None) -> int | None:
@@ -292,8 +300,13 @@ def make_row(info: TaskInfo) -> dict[str, Any]:
     meta = _meta_text(info.metadata)
     if meta:
         row["meta"] = meta
-    # The row's detail line: its error, or what a chain task is at ("waiting for load").
-    error = shown_error(info) if info.chain is None else row_detail(info)
+    if info.chain is None:
+        error = shown_error(info)
+    else:  # a chain's note ("waiting for load"), shown by the task's own view too
+        note = row_note(info)
+        if note:
+            row["note"] = _clip(note, MAX_ERROR)
+        error = error_text(info) if status is not TaskStatus.CANCELLED else None
     if error:
         row["error"] = _clip(error, MAX_ERROR)
     traceback = info.traceback
@@ -361,6 +374,6 @@ def cancel_all(worker: AsyncTaskWorker) -> list[str]:
 __all__ = [
     "cancel_all", "chain_text",
     "check_filter", "epoch_ms", "make_row", "only_progress_differs", "progress_percent",
-    "row_detail", "row_order", "select_rows", "shown_error", "text_table", "widgets_can_render",
+    "error_text", "row_note", "row_order", "select_rows", "shown_error", "text_table", "widgets_can_render",
     "worker_mimebundle", "worker_summary", "worker_text",
 ]

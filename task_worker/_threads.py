@@ -9,6 +9,12 @@ that does not report within ``INJECT_AFTER`` seconds, the worker raises
 That exception is delivered between two bytecodes: a C call in progress
 (``time.sleep``, a socket read, a long numpy operation) finishes first, and a
 bare ``except:`` in user code can swallow it.
+
+CPU time: each body measures its own ``time.thread_time()`` in its own thread
+(``ThreadRun.cpu_seconds``: so far while it runs, where the platform can read
+another thread's clock); a finished body's figure is kept by task id in
+``ThreadBodies.cpu`` (a bounded ``CpuLog`` of floats: nothing of the task's).
+The task details (``_details``) show it.
 """
 
 from __future__ import annotations
@@ -17,11 +23,47 @@ import asyncio
 import contextvars
 import queue
 import threading
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from ._interrupt import INJECT_AFTER, ThreadInterrupted, clear_in_thread, raise_in_thread
+from ._progress import current_sink
+
+_thread_time = time.thread_time
+#: Reads another thread's CPU clock (POSIX); absent elsewhere: no figure while a body runs.
+_cpu_clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
+
+
+class CpuLog:
+    """The CPU time of the latest finished thread bodies, by task id (at most ``limit``;
+    floats only, so a finished task keeps nothing of its own alive here)."""
+
+    __slots__ = ("_lock", "_times", "limit")
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._times: OrderedDict[str, float] = OrderedDict()
+
+    def record(self, task_id: str, seconds: float) -> None:
+        """Keep ``seconds`` for ``task_id`` (any thread), forgetting the oldest over ``limit``."""
+        with self._lock:
+            times = self._times
+            times[task_id] = seconds
+            times.move_to_end(task_id)
+            if len(times) > self.limit:
+                times.popitem(last=False)
+
+    def get(self, task_id: str) -> float | None:
+        """The CPU seconds the finished body of ``task_id`` used, if known."""
+        with self._lock:
+            return self._times.get(task_id)
+
+    def __len__(self) -> int:
+        return len(self._times)
 
 
 class AbandonedThreads:
@@ -53,10 +95,17 @@ class AbandonedThreads:
 class ThreadRun:
     """One sync body in one worker thread: where it runs and whether it may be interrupted."""
 
-    __slots__ = ("_abandoned", "_ident", "_injected", "_lock", "_requested", "_returned", "done")
+    __slots__ = ("_abandoned", "_cpu_ident", "_cpu_log", "_ident", "_injected", "_lock", "_requested",
+                 "_returned", "cpu_start", "cpu_time", "done")
 
-    def __init__(self, done: asyncio.Future[tuple[bool, Any]]) -> None:
+    def __init__(self, done: asyncio.Future[tuple[bool, Any]], cpu_log: CpuLog | None = None) -> None:
         self._lock = threading.Lock()
+        self._cpu_log = cpu_log
+        self._cpu_ident = 0
+        #: The body thread's ``time.thread_time()`` when the body started, and the CPU
+        #: seconds it used once it returned (``None`` until then).
+        self.cpu_start = 0.0
+        self.cpu_time: float | None = None
         self._ident = 0
         self._requested = False
         self._injected = False
@@ -77,7 +126,8 @@ class ThreadRun:
                 with self._lock:
                     if self._requested:  # cancelled before the thread got to it
                         raise ThreadInterrupted
-                    self._ident = threading.get_ident()
+                    self._ident = self._cpu_ident = threading.get_ident()
+                    self.cpu_start = _thread_time()
                 outcome = (True, func(*args, **kwargs))
             finally:
                 # From here on no interruption may land: our own code would
@@ -85,8 +135,12 @@ class ThreadRun:
                 with self._lock:
                     self._ident = 0
                     clear_in_thread(threading.get_ident())
+                    if self._cpu_ident:
+                        self.cpu_time = _thread_time() - self.cpu_start
+                        self._cpu_ident = 0
         except BaseException as exc:
             outcome = (False, exc)
+        self._log_cpu()
         with self._lock:
             self._returned = True
             abandoned = self._abandoned
@@ -97,6 +151,29 @@ class ThreadRun:
             loop.call_soon_threadsafe(_resolve, self.done, outcome)
         except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
             pass
+
+    def _log_cpu(self) -> None:
+        # In the body's thread: its context's sink is the task's record (it has the id).
+        log, cpu = self._cpu_log, self.cpu_time
+        if log is None or cpu is None:
+            return
+        task_id = getattr(current_sink.get(), "id", None)
+        if isinstance(task_id, str):
+            log.record(task_id, cpu)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the body used: final once it returned; so far while it runs
+        (where the platform can read another thread's clock); ``None`` otherwise."""
+        with self._lock:
+            if self.cpu_time is not None:
+                return self.cpu_time
+            ident = self._cpu_ident
+            if not ident or _cpu_clock_of is None:
+                return None
+            try:
+                return max(0.0, time.clock_gettime(_cpu_clock_of(ident)) - self.cpu_start)
+            except (OSError, OverflowError, ValueError):  # the thread is gone, or no such clock
+                return None
 
     def request_stop(self) -> None:
         """Ask the body to stop: it never starts if it has not yet, and
@@ -206,10 +283,12 @@ class ThreadBodies:
     first use, shut down by ``close()`` or when this object is dropped) and the
     count of abandoned bodies that still hold a worker slot."""
 
-    __slots__ = ("__weakref__", "_closer", "_name", "_pool", "abandoned")
+    __slots__ = ("__weakref__", "_closer", "_name", "_pool", "abandoned", "cpu")
 
     def __init__(self, name: str, on_abandoned_return: Callable[[], None]) -> None:
         self._name = name
+        #: CPU seconds of the latest finished bodies, by task id.
+        self.cpu = CpuLog()
         #: Abandoned bodies still running (nobody waits for them any more): each
         #: keeps its slot until its thread returns and says so.
         self.abandoned = AbandonedThreads(on_abandoned_return)
@@ -228,7 +307,7 @@ class ThreadBodies:
             pool = self._pool = BodyThreads(self._name)
             # Dropped without close(): its idle threads exit with it.
             self._closer = weakref.finalize(self, pool.shutdown)
-        run = ThreadRun(loop.create_future())
+        run = ThreadRun(loop.create_future(), self.cpu)
         ctx = contextvars.copy_context()
         pool.submit(ctx.run, run.main, loop, func, args, kwargs)
         return run

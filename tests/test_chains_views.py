@@ -10,7 +10,7 @@ import pytest
 from helpers import wait_for_status, wait_until
 
 from task_worker import AsyncTaskWorker, EventKind, TaskStatus
-from task_worker._table import chain_text, make_row, row_detail, text_table
+from task_worker._table import chain_text, error_text, make_row, row_note, text_table
 
 pytest.importorskip("anywidget")
 
@@ -45,7 +45,8 @@ class Flaky:
 async def test_plain_tasks_have_no_chain_text(worker: AsyncTaskWorker) -> None:
     tid = await worker.add_task(_value, 1)
     info = worker.get_task_info(tid)
-    assert info is not None and chain_text(info) is None and "error" not in make_row(info)
+    assert info is not None and chain_text(info) is None and row_note(info) is None
+    assert "error" not in make_row(info) and "note" not in make_row(info)
     assert "(" not in text_table([info]).splitlines()[1]
 
 
@@ -61,7 +62,7 @@ async def test_waiting_task_row_and_table_say_what_it_waits_for(worker: AsyncTas
     info = worker.get_task_info(train)
     assert info is not None
     assert chain_text(info) == "waiting for load, clean"
-    assert make_row(info)["error"] == "waiting for load, clean"
+    assert make_row(info)["note"] == "waiting for load, clean" and "error" not in make_row(info)
     assert "pending (waiting for load, clean)" in text_table([info])
     gate.set()
     await worker.wait(train)
@@ -73,7 +74,8 @@ async def test_retry_delay_counts_down_and_failure_lists_every_attempt(worker: A
         await worker.wait(tid)
     info = worker.get_task_info(tid)
     assert info is not None and chain_text(info) == "after 3 attempts"
-    assert row_detail(info) == (
+    assert row_note(info) == "after 3 attempts" and make_row(info)["note"] == "after 3 attempts"
+    assert error_text(info) == make_row(info)["error"] == (
         "ConnectionError: try 3 refused (attempt 3/3)\n"
         "attempt 1/3: ConnectionError: try 1 refused\n"
         "attempt 2/3: ConnectionError: try 2 refused")
@@ -95,7 +97,7 @@ async def test_completed_after_retry_says_on_which_attempt(worker: AsyncTaskWork
     tid = await worker.add_task(Flaky(1), retries=3, retry_delay=0)
     await worker.wait(tid)
     info = worker.get_task_info(tid)
-    assert info is not None and make_row(info)["error"] == "completed on attempt 2/4"
+    assert info is not None and make_row(info)["note"] == "completed on attempt 2/4"
 
 
 async def test_dashboard_rows_show_waiting_retry_and_cascade_text(
@@ -114,18 +116,19 @@ async def test_dashboard_rows_show_waiting_retry_and_cascade_text(
     await wait_until(worker, lambda: worker.get_task_info(flaky).retry_at is not None)  # type: ignore[union-attr]
     clock.advance(1)
     rows = {r["id"]: r for r in dash.rows}
-    assert rows["parse"]["status"] == "pending" and rows["parse"]["error"] == "waiting for download"
-    assert rows["train"]["error"] == "waiting for parse"
+    assert rows["parse"]["status"] == "pending" and rows["parse"]["note"] == "waiting for download"
+    assert rows["train"]["note"] == "waiting for parse"
     assert rows["flaky"]["status"] == "pending"
-    assert rows["flaky"]["error"].startswith("attempt 2/2, retrying in ")
+    assert rows["flaky"]["note"].startswith("attempt 2/2, retrying in ")
     # Cancelling the head of the chain: its row says how many it took along.
     assert worker.cancel_task_nowait("download")
     await wait_for_status(worker, "download", TaskStatus.CANCELLED)
     clock.advance(1)
     rows = {r["id"]: r for r in dash.rows}
-    assert rows["download"]["error"] == "cancelled (and 2 dependent tasks waiting on it)"
-    assert rows["parse"]["error"] == "cancelled: dependency 'download' was cancelled"
-    assert rows["train"]["error"] == "cancelled: dependency 'parse' was cancelled"
+    assert rows["download"]["note"] == "cancelled (and 2 dependent tasks waiting on it)"
+    assert rows["parse"]["note"] == "cancelled: dependency 'download' was cancelled"
+    assert rows["train"]["note"] == "cancelled: dependency 'parse' was cancelled"
+    assert "error" not in rows["parse"]  # said once, in the note
     assert worker.cancel_task_nowait(flaky)
     dash.close()
 
@@ -139,16 +142,16 @@ async def test_single_task_view_follows_the_countdown(worker: AsyncTaskWorker) -
     await wait_until(worker, lambda: EventKind.RETRYING in kinds)
     clock.advance(1)
     [row] = dash.rows
-    first = row["error"]
+    first = row["note"]
     assert first.startswith("attempt 2/2, retrying in "), first
     await wait_until(worker, lambda: EventKind.WAITING in kinds)  # the first countdown tick
     clock.advance(1)
     [row] = dash.rows
-    assert row["error"].startswith("attempt 2/2, retrying in ") and row["error"] != first
+    assert row["note"].startswith("attempt 2/2, retrying in ") and row["note"] != first
     assert worker.cancel_task_nowait(tid)
     clock.advance(1)
     [row] = dash.rows
-    assert row["status"] == "cancelled" and row["error"] == "cancelled during its retry delay"
+    assert row["status"] == "cancelled" and row["note"] == "cancelled during its retry delay"
     dash.close()
 
 
@@ -157,3 +160,15 @@ async def test_text_table_says_on_which_attempt_once(worker: AsyncTaskWorker) ->
     await worker.wait(tid)
     info = worker.get_task_info(tid)
     assert info is not None and "completed (on attempt 2/4)" in text_table([info])
+
+
+async def test_details_pane_lists_every_attempts_error(worker: AsyncTaskWorker) -> None:
+    from task_worker._details import task_details
+
+    tid = await worker.add_task(Flaky(5), retries=1, retry_delay=0)
+    with pytest.raises(ConnectionError):
+        await worker.wait(tid)
+    details = task_details(worker, tid)
+    assert details is not None
+    assert details["error"] == ("ConnectionError: try 2 refused (attempt 2/2)\n"
+                                "attempt 1/2: ConnectionError: try 1 refused")

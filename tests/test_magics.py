@@ -904,3 +904,64 @@ def test_line_magics_and_shell_escapes_in_a_body_use_its_namespace(ip: Any) -> N
         info = finish("magic_body")
         assert info.status == "completed" and info.result == ("hi", 6)
     assert ip.user_ns["timed_value"] == 6
+
+
+# ------------------------------------------------------------- %task show
+def test_task_show_displays_the_live_view_of_a_task_in_any_cell(
+        ip: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import IPython.display
+
+    shown: list[Any] = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    with extension(ip) as m:
+        with pytest.raises(UsageError, match="no tasks yet"):
+            ip.run_line_magic("task", "show")
+        ip.run_cell_magic("task", "-n shown_cell", "for k in range(30):\n    print('show line', k)\n")
+        finish("shown_cell")
+        worker = task_worker.get_worker()
+        view = m.views.get(worker, "shown_cell")
+        assert view is not None and shown == [view]  # the cell's own view
+        ip.run_line_magic("task", "show shown_cell")
+        # The same view again: the same widget models, so the output so far and what follows.
+        assert shown[-1] is view and len(shown) == 2
+        assert "show line 29" in text_of(tuple(view.output.outputs))
+
+        async def plain() -> str:
+            return "plain"
+
+        plain_id = worker.add_task_nowait(plain, task_id="plain-one")
+        ip.run_line_magic("task", "show")  # the most recent task: not a %%task one
+        dashboard = shown[-1]
+        assert type(dashboard).__name__ == "TaskDashboard" and dashboard.task_id == plain_id
+        assert dashboard in m.dashboards
+        with pytest.raises(UsageError, match="no task with id or name"):
+            ip.run_line_magic("task", "show nosuch")
+        ip.run_line_magic("task", "show -h")
+        assert "NAME_OR_ID" in capsys.readouterr().out
+    assert dashboard.closed  # unload closed it
+
+
+def test_task_show_prints_the_details_where_widgets_cannot_render(
+        ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with extension(ip, widgets=False):
+        ip.run_cell_magic("task", "-n textual", "1 / 0")
+        finish("textual")
+        capsys.readouterr()
+        ip.run_line_magic("task", "show textual")
+        out = capsys.readouterr().out
+        assert "task 'textual'" in out and "failed" in out and "ZeroDivisionError" in out
+        assert "CPU" in out and "arguments" in out
+
+
+def test_a_task_cells_details_include_the_last_lines_of_its_output(ip: Any) -> None:
+    from task_worker._details import task_details
+
+    with extension(ip):
+        ip.run_cell_magic("task", "-n tail_lines", "for k in range(50):\n    print('tail line', k)\n")
+        finish("tail_lines")
+        worker = task_worker.get_worker()
+        details = task_details(worker, "tail_lines")
+        assert details is not None
+        lines = details["output"].split("\n")
+        assert lines[-1] == "tail line 49" and len(lines) == 20
+        assert details["cpu"] is not None and details["cpu_text"].endswith(" s")  # a thread body

@@ -17,6 +17,13 @@ def test_all_names_are_importable_and_public_names_are_in_all() -> None:
     assert public - modules <= set(task_worker.__all__) | {"annotations", "TYPE_CHECKING", "Any"}
 
 
+def test_task_input_error_is_the_one_tasks_raise() -> None:
+    from task_worker._output import TaskInputError
+
+    assert task_worker.TaskInputError is TaskInputError
+    assert issubclass(task_worker.TaskInputError, EOFError)
+
+
 def test_import_touches_neither_ipython_nor_widgets_nor_dask() -> None:
     code = (
         "import sys, task_worker; "

@@ -486,7 +486,10 @@ async def test_cancel_unknown_or_finished_returns_false(worker: AsyncTaskWorker)
     assert worker.cancel_task_nowait(tid) is False
 
 
-async def test_cancel_thread_pure_python_loop_stops_within_100ms(worker: AsyncTaskWorker) -> None:
+async def test_cancel_thread_pure_python_loop_is_interrupted_not_abandoned() -> None:
+    # A grace far longer than the test: only the injected interrupt can end the
+    # body before cancel_task returns. How fast it does is measured, not asserted:
+    # `python benchmarks/bench_cancel.py`.
     started = threading.Event()
     stopped = threading.Event()
 
@@ -498,14 +501,16 @@ async def test_cancel_thread_pure_python_loop_stops_within_100ms(worker: AsyncTa
         finally:
             stopped.set()
 
-    tid = await worker.add_task(spin)
-    await asyncio.to_thread(started.wait, 5)
-    t0 = time.perf_counter()
-    assert await worker.cancel_task(tid) is True
-    elapsed = time.perf_counter() - t0
-    assert stopped.is_set()
-    assert worker.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
-    assert elapsed < 0.1, elapsed
+    async with AsyncTaskWorker(max_workers=1, cancel_grace=120) as w:
+        tid = await w.add_task(spin)
+        await asyncio.to_thread(started.wait, 5)
+        t0 = time.perf_counter()
+        assert await w.cancel_task(tid) is True
+        elapsed = time.perf_counter() - t0
+        assert stopped.is_set()
+        assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
+        assert w.stats().busy == 0
+        assert elapsed < 60, elapsed  # far from the grace: it was not waited out
 
 
 async def test_cancel_thread_that_reports_progress_raises_at_next_report(worker: AsyncTaskWorker) -> None:
@@ -585,7 +590,7 @@ async def test_stop_cancels_pending_and_running_and_leaves_no_asyncio_task() -> 
     t0 = time.perf_counter()
     await w.stop(timeout=0.1)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 0.1 + 0.2 + 0.2
+    assert elapsed < 10, elapsed  # timeout + grace (0.3 s), never the bodies' 30 s
     statuses = [w.get_task_info(i).status for i in ids]  # type: ignore[union-attr]
     assert statuses == ["cancelled"] * 5
     assert w.stats().counts[TaskStatus.PENDING] == 0 and w.stats().counts[TaskStatus.RUNNING] == 0
@@ -623,7 +628,7 @@ async def test_stop_with_a_stuck_thread_returns_in_bounded_time() -> None:
     await asyncio.to_thread(started.wait, 5)
     t0 = time.perf_counter()
     await w.stop(timeout=0.1)
-    assert time.perf_counter() - t0 < 0.1 + 2 * 0.1 + 0.3
+    assert time.perf_counter() - t0 < 10  # bounded: the thread never returns by itself
     assert w.get_task_info(tid).status == "cancelled"  # type: ignore[union-attr]
     # The abandoned thread still holds the only slot after a restart...
     await w.start()
@@ -714,7 +719,7 @@ async def test_stop_with_a_body_swallowing_cancellation_keeps_its_time_bound() -
             except asyncio.CancelledError:
                 pass
 
-    w = AsyncTaskWorker(max_workers=1, cancel_grace=1.0)
+    w = AsyncTaskWorker(max_workers=1, cancel_grace=2.0)
     await w.start()
     await w.add_task(stubborn)
     await started.wait()
@@ -723,8 +728,8 @@ async def test_stop_with_a_body_swallowing_cancellation_keeps_its_time_bound() -
     elapsed = time.perf_counter() - t0
     release.set()
     await asyncio.sleep(0)
-    # Promised: timeout + cancel_grace (1.05 s); it used to take timeout + 2 * cancel_grace.
-    assert elapsed < 1.6, elapsed
+    # Promised: timeout + cancel_grace (2.05 s); it used to take timeout + 2 * cancel_grace (4.05 s).
+    assert 2.0 <= elapsed < 3.0, elapsed
 
 
 # ---------------------------------------------------------------- context

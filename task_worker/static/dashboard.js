@@ -75,11 +75,14 @@ class RowView {
     this.bar.setAttribute("aria-valuemax", "100");
     this.fill = this.bar.appendChild(h("div", "tw-bar-fill"));
     this.pct = progressCell.appendChild(h("span", "tw-pct"));
+    this.progressCell = progressCell;
+    this.eta = null; // made when the task first has an ETA (eta.js)
     this.elapsed = cell("tw-col-elapsed");
     this.button = cell("tw-col-actions").appendChild(h("button", "tw-cancel", "Cancel"));
     this.button.type = "button";
     this.button.addEventListener("click", () => this.cancel());
     this.detail = null;
+    this.pane = null;
     this.row = null;
     this.update(row);
   }
@@ -108,7 +111,8 @@ class RowView {
     }
     if (!old || old.meta !== row.meta) {
       this.meta.textContent = row.meta || "";
-      this.meta.hidden = !row.meta;
+      // A task's own view leaves metadata to its details pane.
+      this.meta.hidden = !row.meta || this.view.single;
     }
     if (!old || old.priority !== row.priority) {
       // The table has a "Priority" column header; a task's own view has no header.
@@ -124,7 +128,10 @@ class RowView {
       if (!active) this.el.classList.remove("tw-cancelling");
     }
     this.setProgress(row.progress);
-    if (!old || old.error !== row.error || old.traceback !== row.traceback) this.updateDetail(row);
+    if (!old || old.error !== row.error || old.traceback !== row.traceback || old.note !== row.note) {
+      this.updateDetail(row);
+    }
+    rowUpdated(this, old); // details.js
     this.tick();
   }
 
@@ -141,14 +148,19 @@ class RowView {
       this.detail.remove();
       this.detail = null;
     }
-    if (!row.error && !row.traceback) return;
+    // A task's own view shows its error in its output area already, and in its details pane;
+    // both views show a chain's note ("waiting for load", "attempt 2/4, retrying in 3 s").
+    const error = this.view.single ? null : row.error;
+    const traceback = this.view.single ? null : row.traceback;
+    if (!row.note && !error && !traceback) return;
     const detail = h("div", "tw-detail");
     detail.setAttribute("role", "note");
-    if (row.error) detail.appendChild(h("div", "tw-error", row.error));
-    if (row.traceback) {
+    if (row.note) detail.appendChild(h("div", "tw-error tw-note", row.note));
+    if (error) detail.appendChild(h("div", "tw-error", error));
+    if (traceback) {
       const details = detail.appendChild(h("details", "tw-traceback"));
       details.appendChild(h("summary", null, "Traceback"));
-      details.appendChild(h("pre", "tw-traceback-text", row.traceback));
+      details.appendChild(h("pre", "tw-traceback-text", traceback));
     }
     this.detail = this.el.appendChild(detail);
   }
@@ -162,6 +174,9 @@ class RowView {
     }
     const text = fmtElapsed(ms);
     if (this.elapsed.textContent !== text) this.elapsed.textContent = text;
+    const eta = etaText(r, this.view.kernelNow());
+    if (eta && !this.eta) this.eta = this.progressCell.appendChild(h("span", "tw-eta"));
+    if (this.eta && this.eta.textContent !== eta) this.eta.textContent = eta;
   }
 }
 
@@ -172,6 +187,8 @@ class DashboardView {
     this.offset = 0; // kernel clock minus browser clock, in ms
     this.seq = 0;
     this.rows = new Map(); // id -> RowView
+    this.openPanes = new Map(); // id -> RowView with its details pane open (details.js)
+    this.sort = null; // {key, dir} of a sorted column (details.js), null: the kernel's order
     this.header = {};
     this.root = h("div", this.single ? "tw-dashboard tw-single" : "tw-dashboard");
     el.appendChild(this.root);
@@ -182,16 +199,28 @@ class DashboardView {
     if (!this.single) {
       const head = table.appendChild(h("div", "tw-headrow tw-grid"));
       head.setAttribute("role", "row");
-      for (const title of COLUMNS) head.appendChild(h("div", "tw-cell", title)).setAttribute("role", "columnheader");
+      COLUMNS.forEach((title, i) => {
+        const cell = head.appendChild(h("div", "tw-cell", title));
+        cell.setAttribute("role", "columnheader");
+        makeSortable(this, cell, i); // details.js (and the filter box in the Task column's header)
+      });
     }
     this.body = table.appendChild(h("div", "tw-body"));
     this.body.setAttribute("role", "rowgroup");
+    this.body.addEventListener("click", (event) => bodyClicked(this, event)); // details.js
+    // Local wall-clock times on hover of an elapsed time (eta.js), computed only then.
+    this.body.addEventListener("mouseover", (event) => {
+      const cell = event.target.closest && event.target.closest(".tw-col-elapsed");
+      const rowEl = cell && cell.closest(".tw-row");
+      const view = rowEl && this.rows.get(rowEl.dataset.taskId);
+      if (view) cell.title = timesTitle(view.row);
+    });
     this.empty = this.root.appendChild(h("div", "tw-empty", "No tasks"));
     this.more = this.root.appendChild(h("div", "tw-more"));
     this.more.hidden = true;
     this.note = this.root.appendChild(h("div", "tw-note"));
 
-    this.onMsg = (msg) => this.handleMessage(msg);
+    this.onMsg = (msg, buffers) => this.handleMessage(msg, buffers);
     this.onNote = () => this.renderNote();
     this.onFilter = () => {
       if (this.filter) this.filter.value = this.model.get("status_filter") || "";
@@ -224,6 +253,9 @@ class DashboardView {
       });
       this.resizer.observe(this.root);
     }
+    // Timeline / Table tabs, queue ETA and the Notify toggle (timeline.js, notify.js).
+    this.insight = this.single ? null : insightInit(this);
+    if (this.insight) this.insight.renderHeader(this.header);
     // The model's state may predate this view: ask the kernel for the current one.
     model.send({ type: "sync" });
   }
@@ -270,25 +302,31 @@ class DashboardView {
     return Date.now() + this.offset;
   }
 
-  handleMessage(msg) {
+  handleMessage(msg, buffers) {
     if (!msg || typeof msg !== "object") return;
     if (typeof msg.now === "number") this.offset = msg.now - Date.now();
-    if (msg.type === "snapshot") {
+    if (msg.type === "details") {
+      onDetailsMessage(this, msg); // details.js
+    } else if (msg.type === "snapshot") {
       const rows = {};
       for (const row of msg.rows || []) rows[row.id] = row;
       this.seq = msg.seq;
-      this.reset(rows, msg.header || {});
+      this.reset(rows, msg.header || {}, msg.eta);
     } else if (msg.type === "patch") {
       if (typeof msg.seq === "number" && msg.seq <= this.seq) return; // already in a snapshot
       this.seq = msg.seq;
       this.applyPatch(msg);
+      if (msg.finished) notifyFinished(this.model, msg.finished); // notify.js
+      if (msg.timeline && this.insight) this.insight.timeline.applyDelta(msg.timeline);
+    } else if (msg.type === "timeline" && this.insight) {
+      this.insight.timeline.setFull(msg, buffers);
     }
   }
 
-  reset(rows, header) {
+  reset(rows, header, eta) {
     const keep = new Set(Object.keys(rows));
     const remove = [...this.rows.keys()].filter((id) => !keep.has(id));
-    this.applyPatch({ upsert: Object.values(rows), remove, header });
+    this.applyPatch({ upsert: Object.values(rows), remove, header, eta });
   }
 
   applyPatch(msg) {
@@ -298,6 +336,7 @@ class DashboardView {
       if (view) {
         view.el.remove();
         this.rows.delete(id);
+        forgetDetails(this, id); // details.js
       }
     }
     for (const row of msg.upsert || []) {
@@ -305,6 +344,7 @@ class DashboardView {
       if (view) {
         const old = view.row;
         reorder ||= old.status !== row.status || old.priority !== row.priority;
+        if (row.eta === undefined && old.status === row.status) row.eta = old.eta; // eta.js
         view.update(row);
       } else {
         this.rows.set(row.id, new RowView(this, row));
@@ -315,13 +355,20 @@ class DashboardView {
       const view = this.rows.get(id);
       if (view) view.setProgress(pct);
     }
-    if (reorder || (msg.remove && msg.remove.length)) this.reorder();
+    for (const [id, at] of msg.eta || []) {
+      const view = this.rows.get(id);
+      if (view) {
+        view.row.eta = at;
+        view.tick();
+      }
+    }
+    if (reorder || this.sort || (msg.remove && msg.remove.length)) this.reorder();
     if (msg.header && Object.keys(msg.header).length) this.renderHeader(msg.header);
     this.empty.hidden = this.rows.size > 0;
   }
 
   reorder() {
-    const ordered = [...this.rows.values()].sort((a, b) => compareRows(a.row, b.row));
+    const ordered = [...this.rows.values()].sort(rowComparator(this)); // details.js
     if (!this.body.firstChild) {
       // First fill: one insertion into the live document.
       const fragment = document.createDocumentFragment();
@@ -353,6 +400,7 @@ class DashboardView {
     const more = header.more || 0;
     this.more.textContent = more ? `${more} more not shown` : "";
     this.more.hidden = !more;
+    if (this.insight) this.insight.renderHeader(header);
   }
 
   renderNote() {
@@ -366,15 +414,19 @@ class DashboardView {
     for (const view of this.rows.values()) {
       if (view.row.status === "running") view.tick();
     }
+    tickDetails(this); // details.js
+    if (this.insight) this.insight.tick();
   }
 
   destroy() {
     clearInterval(this.timer);
     if (this.resizer) this.resizer.disconnect();
+    if (this.insight) this.insight.destroy();
     this.model.off("msg:custom", this.onMsg);
     this.model.off("change:note", this.onNote);
     this.model.off("change:status_filter", this.onFilter);
     this.model.off("change:_rows", this.onState);
+    destroySearch(this); // details.js
   }
 }
 

@@ -19,7 +19,7 @@ def _row(kernel: KernelSession, dashboard: str, task_id: str) -> dict[str, Any]:
 
 
 def _details_seen(kernel: KernelSession, dashboard: str) -> list[str]:
-    """Every detail text the dashboard sent for its rows, in order."""
+    """Every note the dashboard sent for its rows, in order."""
     seen = []
     for msg in kernel.log:
         content = msg["content"]
@@ -27,8 +27,8 @@ def _details_seen(kernel: KernelSession, dashboard: str) -> list[str]:
             continue
         data = content["data"].get("content") or {}
         for row in data.get("upsert", []) + data.get("rows", []):
-            if row.get("error"):
-                seen.append(row["error"])
+            if row.get("note"):
+                seen.append(row["note"])
     return seen
 
 
@@ -42,7 +42,7 @@ def test_after_and_retries_in_a_kernel(kernel: KernelSession) -> None:
         "    raise ConnectionError('flaky step')\n"
         "sum(kc_rows)\n")
     dashboard = _dashboard(kernel, train)
-    kernel.wait_for(lambda: _row(kernel, dashboard, "kc_train").get("error") == "waiting for kc_load",
+    kernel.wait_for(lambda: _row(kernel, dashboard, "kc_train").get("note") == "waiting for kc_load",
                     what="the waiting text in the dependent's view")
     assert _row(kernel, dashboard, "kc_train")["status"] == "pending"
     kernel.execute("kc_gate.set()")
@@ -50,7 +50,7 @@ def test_after_and_retries_in_a_kernel(kernel: KernelSession) -> None:
                     timeout=60, what="the dependent completed after one retry")
     seen = _details_seen(kernel, dashboard)
     assert any(t.startswith("attempt 2/3, retrying in ") for t in seen), seen
-    assert _row(kernel, dashboard, "kc_train")["error"] == "completed on attempt 2/3"
+    assert _row(kernel, dashboard, "kc_train")["note"] == "completed on attempt 2/3"
     check = kernel.execute(
         "info = task_worker.get_worker().get_task_info('kc_train')\n"
         "print(info.result, info.attempt, info.attempt_errors, kc_tries)")
@@ -64,6 +64,6 @@ def test_after_and_retries_in_a_kernel(kernel: KernelSession) -> None:
     kernel.execute("kc_gate2.set()")
     kernel.wait_for(lambda: _row(kernel, tail_dash, "kc_tail").get("status") == "cancelled",
                     timeout=60, what="the dependent of a failed task cancelled")
-    assert _row(kernel, tail_dash, "kc_tail")["error"] == "cancelled: dependency 'kc_head' failed"
+    assert _row(kernel, tail_dash, "kc_tail")["note"] == "cancelled: dependency 'kc_head' failed"
     refused = kernel.execute("%%task -n kc_late --after kc_head\n1", allow_error=True)
     assert "already failed" in refused.error or "already failed" in refused.stderr
