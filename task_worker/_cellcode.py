@@ -20,7 +20,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ._figures import task_figures
-from ._namespace import DELETE_HELPER, LiveNamespaces, task_namespace
+from ._namespace import DELETE_HELPER, LiveNamespaces, TaskNamespace, task_namespace
 
 _FUTURE_FLAGS = 0
 for _feature in __future__.all_feature_names:
@@ -186,11 +186,21 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
     (a thread body needs ``loop``, the worker's loop, for the periodic sync).
     """
     ns = task_namespace(user_ns)
+
+    def namespace() -> TaskNamespace:
+        # A retried attempt (--retries) runs again: in a new namespace, as a new run
+        # of the cell would (the previous one was finished and detached).
+        nonlocal ns
+        if ns.detached:
+            ns = task_namespace(user_ns, like=ns)
+        return ns
+
     if live is None:
         live = LiveNamespaces()  # a private one: syncs only on the periodic tick and at the end
     runner: Callable[..., Any]
     if run_async:
         async def run_cell_async() -> Any:
+            ns = namespace()
             try:
                 live.start(ns, asyncio.get_running_loop())
                 with task_figures():  # its pyplot figures: its own, shown in its area
@@ -204,6 +214,7 @@ def make_runner(code: CellCode, user_ns: dict[str, Any], *, run_async: bool, nam
         runner = run_cell_async
     else:
         def run_cell_in_thread() -> Any:
+            ns = namespace()
             try:  # start inside: a cancellation injected right away must not leave it running
                 live.start(ns, loop)
                 with task_figures():

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._info import TaskInfo
 from ._record import IS_ASYNC
 from ._status import TaskStatus
-from ._table import _name_cells, epoch_ms, shown_error
+from ._table import _name_cells, epoch_ms, error_text
 
 if TYPE_CHECKING:
     from ._cellview import CellViews
@@ -228,7 +228,7 @@ def task_details(worker: AsyncTaskWorker, task_id: str, *, now: float | None = N
         "cpu": cpu,
         "cpu_text": cpu_shown,
     }
-    error = shown_error(info)
+    error = error_text(info)  # after several attempts (retries=), every attempt's error
     if error:
         details["error"] = _clip(error, MAX_ERROR)
     if info.traceback and info.status is TaskStatus.FAILED:

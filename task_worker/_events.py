@@ -20,6 +20,12 @@ class EventKind(str, enum.Enum):
     STARTED = "started"
     PROGRESS = "progress"
     FINISHED = "finished"
+    #: An attempt failed and will be retried (``retries=``): the task is ``pending``
+    #: again, holding no slot, until its retry delay passes (``info.retry_at``).
+    RETRYING = "retrying"
+    #: What a pending task waits for changed (``info.waiting_for``): a dependency
+    #: completed, or a retry delay counts down (about once a second) or ended.
+    WAITING = "waiting"
     #: A finished task was dropped from the history (``clear()`` or ``max_history``).
     REMOVED = "removed"
     #: The worker started, stopped or was reconfigured; ``info`` is ``None``.

@@ -43,9 +43,11 @@ def cutoff_for(older_than: timedelta | None, now: float | None = None) -> float 
 
 
 class TaskTable:
-    """Every task of one worker: pending records (``pending``, in start order),
-    running records (``running``, in start order) and finished snapshots (per
-    terminal status, in finishing order), all also by id in creation order.
+    """Every task of one worker: pending records (``pending``, in start order;
+    ``waiting``: parked pending records, waiting for their dependencies or a
+    retry delay before they join the queue), running records (``running``, in
+    start order) and finished snapshots (per terminal status, in finishing
+    order), all also by id in creation order.
 
     It guards one rule: at most ``max_history`` finished tasks are kept, the
     oldest finished dropped first; ``on_drop`` hears of every dropped snapshot.
@@ -53,7 +55,7 @@ class TaskTable:
     """
 
     __slots__ = ("_by_id", "_finished", "_n_finished", "_on_drop", "_shuffled", "_tail", "add",
-                 "contains", "max_history", "pending", "running")
+                 "contains", "max_history", "pending", "running", "waiting")
 
     def __init__(self, max_history: int, on_drop: Callable[[TaskInfo], None]) -> None:
         self.max_history = max_history
@@ -67,6 +69,8 @@ class TaskTable:
         #: which also enters it here by id.
         self.add: Callable[[TaskRecord], None] = self.pending.push
         self.running: dict[str, TaskRecord] = {}
+        #: Pending records not in the start queue yet (``_chains``): by id, in parking order.
+        self.waiting: dict[str, TaskRecord] = {}
         self._finished: dict[TaskStatus, deque[TaskInfo]] = {s: deque() for s in _TERMINAL}
         self._n_finished = 0
         #: Per terminal status, the ``seq`` of the last snapshot appended, and the
@@ -82,6 +86,11 @@ class TaskTable:
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._by_id
 
+    @property
+    def by_id(self) -> dict[str, TaskRecord | TaskInfo]:
+        """Every task by id, in creation order (read only: for ``after=`` lookups)."""
+        return self._by_id
+
     def get(self, task_id: str) -> TaskRecord | TaskInfo | None:
         """The record of an active task, the snapshot of a finished one, or ``None``."""
         return self._by_id.get(task_id)
@@ -90,7 +99,7 @@ class TaskTable:
         """How many tasks per status, in O(1)."""
         finished = self._finished
         return {
-            _PENDING: len(self.pending),
+            _PENDING: len(self.pending) + len(self.waiting),
             _RUNNING: len(self.running),
             TaskStatus.COMPLETED: len(finished[TaskStatus.COMPLETED]),
             TaskStatus.FAILED: len(finished[TaskStatus.FAILED]),
@@ -100,7 +109,23 @@ class TaskTable:
     @property
     def idle(self) -> bool:
         """No task is pending or running."""
-        return not self.pending and not self.running
+        return not self.pending and not self.running and not self.waiting
+
+    # ---------------------------------------------------------------- parking
+    def park(self, rec: TaskRecord) -> None:
+        """Keep ``rec`` pending outside the start queue: a new task (its id must be
+        new) or a running one whose attempt failed and will be retried."""
+        task_id = rec.id
+        if rec.status is _RUNNING:
+            del self.running[task_id]
+        else:
+            self._by_id[task_id] = rec
+        self.waiting[task_id] = rec
+
+    def unpark(self, rec: TaskRecord) -> None:
+        """``rec`` may start now: from ``waiting`` into the start queue."""
+        del self.waiting[rec.id]
+        self.pending.push(rec)
 
     # ------------------------------------------------------------ life cycle
     def finish(self, rec: TaskRecord, info: TaskInfo) -> bool:
@@ -111,7 +136,8 @@ class TaskTable:
         """
         task_id = rec.id
         if rec.status is _PENDING:
-            self.pending.remove(rec)
+            if self.waiting.pop(task_id, None) is None:
+                self.pending.remove(rec)
         else:
             del self.running[task_id]
         self._by_id[task_id] = info
@@ -191,14 +217,14 @@ class TaskTable:
 
     def _size(self, status: TaskStatus) -> int:
         if status is _PENDING:
-            return len(self.pending)
+            return len(self.pending) + len(self.waiting)
         if status is _RUNNING:
             return len(self.running)
         return len(self._finished[status])
 
     def _items(self, status: TaskStatus) -> Iterable[TaskInfo]:
         if status is _PENDING:
-            return [r.snapshot() for r in self.pending]
+            return [r.snapshot() for r in (*self.pending, *self.waiting.values())]
         if status is _RUNNING:
             return [r.snapshot() for r in self.running.values()]
         return self._finished[status]

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._status import TaskStatus
 
+if TYPE_CHECKING:
+    from ._chains import ChainInfo
+
 _tuple_new = tuple.__new__
 
 
@@ -50,11 +53,12 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
         started: float | None,
         completed: float | None,
         seq: int,
+        chain: ChainInfo | None = None,
     ) -> TaskInfo:
         return _tuple_new(
             cls,
             (id, name, status, priority, progress, result, error, exception, traceback,
-             metadata, created, started, completed, seq),
+             metadata, created, started, completed, seq, chain),
         )
 
     @classmethod
@@ -120,6 +124,12 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
         @property
         def seq(self) -> int:
             """Creation order within its worker (increasing)."""
+
+        @property
+        def chain(self) -> ChainInfo | None:
+            """``after=`` / ``retries=`` state (``None`` for a plain task); read it
+            through ``attempt``, ``max_attempts``, ``depends_on``, ``waiting_for``,
+            ``attempt_errors`` and ``retry_at``."""
     else:
         id = property(itemgetter(0), doc='The task id (generated unless given to ``add_task``).')
         name = property(itemgetter(1), doc="The registered task type, or the function's name.")
@@ -137,6 +147,54 @@ class TaskInfo(tuple):  # type: ignore[type-arg]
         started_ts = property(itemgetter(11), doc='When it started running (epoch seconds), or ``None``.')
         completed_ts = property(itemgetter(12), doc='When it finished (epoch seconds), or ``None``.')
         seq = property(itemgetter(13), doc='Creation order within its worker (increasing).')
+        chain = property(itemgetter(14), doc=(
+            "``after=`` / ``retries=`` state (``None`` for a plain task); read it through "
+            "``attempt``, ``max_attempts``, ``depends_on``, ``waiting_for``, ``attempt_errors`` "
+            "and ``retry_at``."))
+
+    # ------------------------------------------------- chains (after=, retries=)
+    @property
+    def attempt(self) -> int:
+        """The attempt running now, or about to run after a retry delay, or the last
+        one made (1-based; 1 for a task without ``retries``)."""
+        chain = self.chain
+        return 1 if chain is None else chain.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """``retries + 1`` (1 for a task without ``retries``)."""
+        chain = self.chain
+        return 1 if chain is None else chain.max_attempts
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """Ids of the tasks given to ``after=`` (empty for a task without dependencies)."""
+        chain = self.chain
+        return () if chain is None else chain.depends_on
+
+    @property
+    def waiting_for(self) -> str | None:
+        """What a pending task waits for besides a free slot, in words: its unfinished
+        dependencies by name (``"load, clean"``), or ``"retry delay"`` between attempts
+        (see ``retry_at``). ``None`` when it waits for nothing (or is not pending)."""
+        chain = self.chain
+        return None if chain is None else chain.waiting_for
+
+    @property
+    def retry_at(self) -> float | None:
+        """During a retry delay, when the next attempt becomes eligible (epoch seconds)."""
+        chain = self.chain
+        return None if chain is None else chain.retry_at
+
+    @property
+    def attempt_errors(self) -> tuple[str, ...]:
+        """The error message of every failed attempt, oldest first: a task that failed
+        after three attempts has three. Empty while no attempt failed."""
+        chain = self.chain
+        if chain is not None:
+            return chain.attempt_errors
+        error = self.error
+        return (error,) if error is not None and self.status is TaskStatus.FAILED else ()
 
     @property
     def created_at(self) -> datetime:

@@ -10,6 +10,7 @@ checked by the worker; its ``TypeError``/``ValueError`` reach the user as a
 
 from __future__ import annotations
 
+import builtins
 import keyword
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,43 @@ def _worker_refusals(what: str) -> Iterator[None]:
         yield
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{what}: {exc}") from None
+
+
+def _exception_types(text: str, user_ns: dict[str, Any]) -> tuple[Any, ...]:
+    """``--retry-on`` names to the objects they name: in the notebook, then the builtins."""
+    found = []
+    for name in (n.strip() for n in _unquote(text).split(",")):
+        head, *rest = name.split(".")
+        if not head.isidentifier() or not all(part.isidentifier() for part in rest):
+            raise UsageError(f"%%task: --retry-on needs exception names, got {name!r}")
+        try:
+            obj = user_ns[head] if head in user_ns else getattr(builtins, head)
+            for part in rest:
+                obj = getattr(obj, part)
+        except (KeyError, AttributeError):
+            raise UsageError(f"%%task: --retry-on: no exception named {name!r} here") from None
+        found.append(obj)
+    return tuple(found)
+
+
+def _chain_options(args: Any, user_ns: dict[str, Any]) -> dict[str, Any]:
+    """``add_task``'s ``after=`` / ``retries=`` options from ``%%task`` arguments (only those
+    given: a plain cell makes a plain task). The worker checks the values."""
+    options: dict[str, Any] = {}
+    if args.after:
+        names = [_unquote(n.strip()) for item in args.after for n in _unquote(item).split(",")]
+        if not all(names):
+            raise UsageError(f"%%task: --after needs task names or ids, got {','.join(args.after)!r}")
+        options["after"] = names
+    if args.retries:
+        options["retries"] = args.retries
+    for key in ("retry_delay", "retry_backoff", "retry_on"):
+        value = getattr(args, key)
+        if value is not None:
+            if not args.retries:
+                raise UsageError(f"%%task: --{key.replace('_', '-')} needs --retries")
+            options[key] = _exception_types(value, user_ns) if key == "retry_on" else value
+    return options
 
 
 # ----------------------------------------------------------------------- magics
@@ -99,6 +137,19 @@ class TaskMagics(Magics):
               help="Stop the task after this many seconds (it ends failed with TimeoutError).")  # type: ignore[untyped-decorator]
     @argument("-o", "--out", default=None, metavar="VAR",
               help="On success, store the result in the user namespace as VAR.")  # type: ignore[untyped-decorator]
+    @argument("-a", "--after", action="append", default=None, metavar="NAMES",
+              help="Start only once these tasks completed: names of other %%%%task cells or ids, "
+                   "comma-separated (repeatable). If one fails or is cancelled, this task is "
+                   "cancelled.")  # type: ignore[untyped-decorator]
+    @argument("-r", "--retries", type=int, default=0, metavar="N",
+              help="Run the body again, up to N more times, when it raises an Exception.")  # type: ignore[untyped-decorator]
+    @argument("--retry-delay", type=float, default=None, metavar="SECONDS",
+              help="Seconds before the first retry (default 1); the task holds no slot meanwhile.")  # type: ignore[untyped-decorator]
+    @argument("--retry-backoff", type=float, default=None, metavar="FACTOR",
+              help="Each later retry waits FACTOR times longer (default 2).")  # type: ignore[untyped-decorator]
+    @argument("--retry-on", default=None, metavar="EXCEPTIONS",
+              help="Retry only these exception types (comma-separated names, looked up in the "
+                   "notebook, then the builtins; dotted names work), e.g. ConnectionError,TimeoutError.")  # type: ignore[untyped-decorator]
     @argument("--thread", action="store_true",
               help="Run the body in a worker thread (default for a body without top-level await).")  # type: ignore[untyped-decorator]
     @argument("--async", dest="run_async", action="store_true",
@@ -119,7 +170,8 @@ class TaskMagics(Magics):
         %task manages the tasks (``%task COMMAND -h`` for a command's options):
 
           %task list [-s STATUS] [-l N]     table of tasks, newest first
-          %task cancel NAME_OR_ID ...       cancel tasks (``--all``: every active task)
+          %task cancel NAME_OR_ID ...       cancel tasks and what waits on them (``--all``: every
+                                            active task)
           %task result NAME_OR_ID           the result, or the error with its traceback
           %task config [max_workers=N] [timeout=SECONDS|none] [notify=failed,completed|none]
                        [notify_after=SECONDS]
@@ -159,6 +211,7 @@ class TaskMagics(Magics):
             metadata={"source": "%%task", "cell": number,
                       "mode": "async" if run_async else "thread"},
         )
+        options.update(_chain_options(args, self._ip.user_ns))
         if not self.widgets:
             with _worker_refusals("%%task"):
                 task_id = worker.add_task_nowait(runner, **options)
@@ -269,12 +322,18 @@ class TaskMagics(Magics):
         if args.all == bool(args.tasks):
             raise UsageError("%task cancel: give task names or ids, or --all (not both)")
         worker = self._worker()
+        dependents: list[str] = []
         if args.all:
             cancelled = cancel_all(worker)
         else:
             ids = [self._resolve(worker, n) for n in args.tasks]  # all resolved before any is cancelled
+            # What waits on them (after=) is cancelled with them: say so.
+            for i in ids:
+                dependents += [d for d in worker.dependents(i) if d not in ids and d not in dependents]
             cancelled = [i for i in ids if worker.cancel_task_nowait(i)]
         print(f"cancelled {len(cancelled)} task(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+        if dependents and cancelled:
+            print(f"and {len(dependents)} task(s) waiting on them: {', '.join(dependents)}")
 
     @magic_arguments(name="task result")  # type: ignore[untyped-decorator]
     @argument("task", metavar="NAME_OR_ID")  # type: ignore[untyped-decorator]

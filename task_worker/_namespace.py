@@ -145,7 +145,7 @@ class TaskNamespace(dict[str, Any]):
         return f"<TaskNamespace {'detached' if self._detached else 'own: ' + ', '.join(names)}>"
 
 
-def task_namespace(user_ns: dict[str, Any]) -> TaskNamespace:
+def task_namespace(user_ns: dict[str, Any], like: TaskNamespace | None = None) -> TaskNamespace:
     """A fresh namespace for one body, reading through to ``user_ns``.
 
     Lookups the body's own names miss go to a copy of the notebook's builtins
@@ -153,8 +153,10 @@ def task_namespace(user_ns: dict[str, Any]) -> TaskNamespace:
     names the notebook shadows now, then to ``user_ns``, live. That copy is also
     the body's ``__builtins__``, so class bodies (which skip ``__missing__`` of
     their globals) see the notebook's names too. Both steps are C lookups.
+    ``like``: copy that namespace's builtins instead (a retried attempt, which
+    runs outside the submitting cell).
     """
-    source = user_ns.get("__builtins__", builtins)
+    source = user_ns.get("__builtins__", builtins) if like is None else dict.__getitem__(like, "__builtins__")
     source_dict: dict[str, Any] = source if isinstance(source, dict) else vars(source)
     builtins_cls = type("TaskBuiltins", (dict,), {"__slots__": (), "__missing__": user_ns.__getitem__})
     own_builtins = builtins_cls(

@@ -12,6 +12,7 @@ from ._info import TaskInfo, new_info
 from ._status import TaskStatus
 
 if TYPE_CHECKING:
+    from ._chains import Chain
     from ._threads import ThreadRun
 
     class _Owner(Protocol):
@@ -47,6 +48,7 @@ class TaskRecord:
     __slots__ = (
         "args",
         "cancel_reason",
+        "chain",
         "created",
         "ctx",
         "executor",
@@ -99,6 +101,8 @@ class TaskRecord:
         self.executor = executor
         #: The final snapshot, once finished.
         self.info: TaskInfo | None = None
+        #: ``after=`` / ``retries=`` state (``_chains.Chain``), or ``None`` for a plain task.
+        self.chain: Chain | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -114,9 +118,11 @@ class TaskRecord:
         if self.info is not None:
             return self.info
         key = self.key
+        chain = self.chain
         return new_info((
             self.id, self.name, self.status, key >> SEQ_BITS, self.progress, None, None, None,
             None, self.metadata, self.created, self.started, None, key & SEQ_MASK,
+            None if chain is None else chain.freeze(),
         ))
 
     def __repr__(self) -> str:

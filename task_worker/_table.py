@@ -8,8 +8,10 @@ them only when called).
 
 from __future__ import annotations
 
+import math
 import re
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,9 @@ def text_table(infos: Iterable[TaskInfo], *, max_rows: int | None = None,
                total: int | None = None) -> str:
     """A plain-text table of tasks (id, name, status, priority, progress, elapsed, error).
 
+    A task in a chain (``after=`` / ``retries=``) has its ``chain_text`` after
+    its status: ``pending (waiting for load, clean)``, ``running (attempt 2/4)``.
+
     The one text table: ``%task list``, ``%tasks`` without widgets, and the
     ``text/plain`` of the dashboard and of ``display(worker)`` all print it.
     Shows at most ``max_rows`` rows (all when ``None``). A last line says how
@@ -65,8 +70,12 @@ def text_table(infos: Iterable[TaskInfo], *, max_rows: int | None = None,
             continue
         shown = shown_error(info)
         error = shown.splitlines()[0] if shown else ""
+        note = chain_text(info) if info.chain is not None else None
+        status = info.status.value
+        if note is not None:  # "completed (on attempt 2/4)", not "completed (completed on ...)"
+            status = f"{status} ({note.removeprefix(status + ' ')})"
         rows.append((
-            _clip(info.id, 24), _clip(info.name, 30), info.status.value, str(info.priority),
+            _clip(info.id, 24), _clip(info.name, 30), _clip(status, 50), str(info.priority),
             f"{info.progress * 100:5.1f}%", _fmt_seconds(info.elapsed), _clip(error, 60),
         ))
     if total is not None:
@@ -207,6 +216,63 @@ def shown_error(info: TaskInfo) -> str | None:
     return error
 
 
+def chain_text(info: TaskInfo, now: float | None = None) -> str | None:
+    """What a task of a chain (``after=`` / ``retries=``) is at, in words, or ``None``.
+
+    ``waiting for load, clean`` (pending on dependencies), ``attempt 2/4, retrying in
+    3 s`` (a retry delay, counted down to ``now``), ``attempt 2/4`` (running or queued
+    again), ``completed on attempt 2/4``, ``after 3 attempts`` (failed). The one
+    wording of the dashboard rows, the ``%%task`` cell view and the text tables.
+    """
+    chain = info.chain
+    if chain is None:
+        return None
+    attempt, most = chain.attempt, chain.max_attempts
+    status = info.status
+    if status is TaskStatus.PENDING:
+        if chain.retry_at is not None:
+            left = max(0, math.ceil(chain.retry_at - (time.time() if now is None else now)))
+            return f"attempt {attempt}/{most}, retrying in {left} s"
+        if chain.waiting_for is not None:
+            return f"waiting for {chain.waiting_for}"
+        return f"attempt {attempt}/{most}" if attempt > 1 else None
+    if most == 1:
+        return None
+    if status is TaskStatus.RUNNING:
+        return f"attempt {attempt}/{most}"
+    if status is TaskStatus.COMPLETED:
+        return f"completed on attempt {attempt}/{most}" if attempt > 1 else None
+    if status is TaskStatus.FAILED and attempt > 1:
+        return f"after {attempt} attempts"
+    return None
+
+
+def row_note(info: TaskInfo) -> str | None:
+    """The note a row of a task in a chain shows in both views (the dashboard and the
+    task's own view): its ``chain_text``, or, once cancelled, the reason (the dependency
+    that failed, or how many dependents it took along). ``None`` for a plain task."""
+    if info.chain is None:
+        return None
+    if info.status is TaskStatus.CANCELLED:
+        return shown_error(info)
+    return chain_text(info)
+
+
+def error_text(info: TaskInfo) -> str | None:
+    """A row's error: ``shown_error``, except that a task that failed after several
+    attempts lists the earlier attempts' errors under the last one."""
+    error = shown_error(info)
+    chain = info.chain
+    if chain is None or info.status is not TaskStatus.FAILED or not error:
+        return error
+    errors = chain.attempt_errors
+    if len(errors) < 2:
+        return error
+    most = chain.max_attempts
+    earlier = "\n".join(f"attempt {i}/{most}: {e}" for i, e in enumerate(errors[:-1], 1))
+    return f"{error} (attempt {len(errors)}/{most})\n{earlier}"
+
+
 def epoch_ms(ts: float | None) -> int | None:
     """Epoch seconds as integer milliseconds (what the browser's clock counts in)."""
     return None if ts is None else int(ts * 1000)
@@ -234,7 +300,13 @@ def make_row(info: TaskInfo) -> dict[str, Any]:
     meta = _meta_text(info.metadata)
     if meta:
         row["meta"] = meta
-    error = shown_error(info)
+    if info.chain is None:
+        error = shown_error(info)
+    else:  # a chain's note ("waiting for load"), shown by the task's own view too
+        note = row_note(info)
+        if note:
+            row["note"] = _clip(note, MAX_ERROR)
+        error = error_text(info) if status is not TaskStatus.CANCELLED else None
     if error:
         row["error"] = _clip(error, MAX_ERROR)
     traceback = info.traceback
@@ -300,8 +372,8 @@ def cancel_all(worker: AsyncTaskWorker) -> list[str]:
 
 
 __all__ = [
-    "cancel_all",
+    "cancel_all", "chain_text",
     "check_filter", "epoch_ms", "make_row", "only_progress_differs", "progress_percent",
-    "row_order", "select_rows", "shown_error", "text_table", "widgets_can_render",
+    "error_text", "row_note", "row_order", "select_rows", "shown_error", "text_table", "widgets_can_render",
     "worker_mimebundle", "worker_summary", "worker_text",
 ]

@@ -808,3 +808,28 @@ async def test_worker_process_dying_every_time_fails_the_task_clearly(
     info = dworker.get_task_info(tid)
     assert info is not None and info.status is TaskStatus.FAILED
     assert info.error is not None and info.error.startswith("KilledWorker: ")
+
+
+# ------------------------------------------------------- chains (after=, retries=)
+def remote_flaky_once(marker: str) -> int:
+    """Fails with ``ConnectionError`` the first time (no ``marker`` file yet), then returns its pid."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        raise ConnectionError("flaky network")
+    return os.getpid()
+
+
+async def test_retries_and_after_work_with_the_dask_executor(
+        dworker: AsyncTaskWorker, tmp_path: Path) -> None:
+    marker = str(tmp_path / "failed-once")
+    first = await dworker.add_task(remote_flaky_once, marker, retries=2, retry_delay=0)
+    second = await dworker.add_task(remote_pid_and_id, 5, after=first)
+    assert isinstance(await dworker.wait(first, timeout=PATIENCE), int)
+    assert (await dworker.wait(second, timeout=PATIENCE))[0] == 6
+    info = dworker.get_task_info(first)
+    assert info is not None and info.attempt == 2
+    assert info.attempt_errors == ("ConnectionError: flaky network",)
+    later = dworker.get_task_info(second)
+    first_done = info.completed_ts
+    assert later is not None and later.started_ts is not None and first_done is not None
+    assert later.started_ts >= first_done

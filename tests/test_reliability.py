@@ -1,8 +1,9 @@
 """Property-based reliability test: random operation sequences against one worker.
 
-Operations: add tasks of many kinds (succeeding, failing, gated, stuck, timing
-out, thread bodies stuck in a C call, bodies raising ``SystemExit`` /
-``KeyboardInterrupt``, exceptions whose ``__str__`` and ``__repr__`` raise),
+Operations: add tasks of many kinds (succeeding, failing, flaky (failing once),
+gated, stuck, timing out, thread bodies stuck in a C call, bodies raising
+``SystemExit`` / ``KeyboardInterrupt``, exceptions whose ``__str__`` and
+``__repr__`` raise), each possibly ``after=`` earlier tasks and with ``retries=``,
 cancel, release, let the loop turn, change ``max_workers`` while thread bodies
 run, take futures, subscribe callbacks that raise (``Exception`` and
 ``BaseException``), stop and restart, and restart on a *new* event loop (a new
@@ -10,12 +11,16 @@ run, take futures, subscribe callbacks that raise (``Exception`` and
 
 Checks, for every generated sequence: each task reaches exactly one terminal
 state, exactly once (counting FINISHED events); a task cancelled while pending
-never starts; concurrency never exceeds the largest ``max_workers`` set; with
-one worker every start picks the smallest (priority, submission order) among
-the waiting tasks; after stop() nothing is pending or running and no asyncio
-task is left over; every future resolves as ``wait()`` says; ``stats().busy``
-returns to 0 once every body has returned; and asyncio never reports a
-"never retrieved" exception or a task "destroyed but pending".
+never starts; concurrency never exceeds the largest ``max_workers`` set (tasks
+waiting for dependencies or a retry delay hold no slot); with one worker every
+start picks the smallest (priority, submission order) among the eligible
+waiting tasks; a dependent never starts before all its dependencies completed,
+and a failed or cancelled dependency always ends its dependents ``cancelled``;
+``after=`` naming a failed or cancelled task is refused and creates nothing;
+after stop() nothing is pending or running and no asyncio task is left over;
+every future resolves as ``wait()`` says; ``stats().busy`` returns to 0 once
+every body has returned; and asyncio never reports a "never retrieved"
+exception or a task "destroyed but pending".
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from hypothesis import strategies as st
 
 from task_worker import AsyncTaskWorker, EventKind, TaskEvent, TaskStatus
 
-KINDS = ("ok", "fail", "gate", "forever", "sync_gate", "timeout", "sysexit", "sync_kbint",
+KINDS = ("ok", "fail", "flaky", "gate", "forever", "sync_gate", "timeout", "sysexit", "sync_kbint",
          "broken_str", "sync_broken_str")
 SUBSCRIBER_RAISES = (RuntimeError, SystemExit, KeyboardInterrupt)
 #: What asyncio reported to the loops' exception handlers ("exception was never
@@ -41,6 +46,14 @@ LOOP_REPORTS: list[dict[str, Any]] = []
 
 op = st.one_of(
     st.tuples(st.just("add"), st.sampled_from(KINDS), st.integers(-2, 2)),
+    # Chains (twice: as likely as the rest): kind, priority, after= (indexes of
+    # earlier tasks), retries, retry_delay.
+    *[st.tuples(st.just("add"), st.sampled_from(KINDS), st.integers(-2, 2),
+                st.lists(st.integers(0, 40), max_size=2), st.integers(0, 2),
+                st.sampled_from([0, 0.002]))] * 2,
+    # A pipeline: each task after the one before it (and maybe an earlier task too).
+    st.tuples(st.just("pipeline"), st.lists(st.sampled_from(KINDS), min_size=2, max_size=4),
+              st.integers(0, 40), st.integers(0, 1)),
     st.tuples(st.just("cancel"), st.integers(0, 40)),
     st.tuples(st.just("release"), st.integers(0, 40)),
     st.tuples(st.just("tick"), st.integers(1, 3)),
@@ -72,22 +85,49 @@ class Model:
     pending: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (priority, seq)
     order_violations: list[str] = field(default_factory=list)
     cancelled_while_pending: set[str] = field(default_factory=set)
+    #: Pending but not eligible: waiting for dependencies or a retry delay.
+    parked: set[str] = field(default_factory=set)
+    started_events: set[str] = field(default_factory=set)
+    final_status: dict[str, TaskStatus] = field(default_factory=dict)
+    depends_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    early_starts: list[str] = field(default_factory=list)
 
     def on_event(self, event: TaskEvent) -> None:
         info = event.info
         if info is None:
             return
         key = (info.priority, info.seq)
-        if event.kind == EventKind.ADDED:
-            self.pending[info.id] = key
-        elif event.kind == EventKind.STARTED:
+        kind = event.kind
+        if kind == EventKind.ADDED:
+            self.depends_on[info.id] = info.depends_on
+            if info.waiting_for is None:
+                self.pending[info.id] = key
+            else:
+                self.parked.add(info.id)
+        elif kind == EventKind.RETRYING:
+            assert info.status == TaskStatus.PENDING and info.waiting_for == "retry delay", info
+            self.parked.add(info.id)
+        elif kind == EventKind.WAITING:
+            if info.waiting_for is None and info.id in self.parked:
+                self.parked.discard(info.id)
+                self.pending[info.id] = key
+        elif kind == EventKind.STARTED:
             if self.max_workers == 1 and self.pending and key != min(self.pending.values()):
                 self.order_violations.append(info.id)
+            if info.id in self.parked:
+                self.order_violations.append(f"{info.id} started while parked")
+            for dep in self.depends_on.get(info.id, ()):
+                if self.final_status.get(dep) != TaskStatus.COMPLETED:
+                    self.early_starts.append(f"{info.id} before {dep}")
             self.pending.pop(info.id, None)
-        elif event.kind == EventKind.FINISHED:
-            if info.id in self.pending and info.status == TaskStatus.CANCELLED:
+            self.started_events.add(info.id)
+        elif kind == EventKind.FINISHED:
+            if ((info.id in self.pending or info.id in self.parked)
+                    and info.status == TaskStatus.CANCELLED and info.id not in self.started_events):
                 self.cancelled_while_pending.add(info.id)
             self.pending.pop(info.id, None)
+            self.parked.discard(info.id)
+            self.final_status[info.id] = info.status
             self.finished_events[info.id] = self.finished_events.get(info.id, 0) + 1
 
 
@@ -132,6 +172,7 @@ class Scenario:
         self.lock = threading.Lock()  # sync bodies count from their worker threads
         self.sync_live: set[str] = set()  # sync bodies started and not yet released
         self.sync_returned = 0
+        self.attempts: dict[str, int] = {}
 
     # -------------------------------------------------------------- bodies
     def enter(self, tid: str) -> None:
@@ -146,7 +187,10 @@ class Scenario:
 
     async def body(self, tid: str, kind: str) -> str:
         self.enter(tid)
+        self.attempts[tid] = self.attempts.get(tid, 0) + 1
         try:
+            if kind == "flaky" and self.attempts[tid] == 1:
+                raise ConnectionError(tid)
             if kind == "fail":
                 raise ValueError(tid)
             if kind == "sysexit":
@@ -221,19 +265,49 @@ class Scenario:
         self.gates = {}
         self.futures = []
         await worker.start()
+        expanded: list[tuple[Any, ...]] = []
         for item in ops:
+            if item[0] == "pipeline":
+                kinds, extra, retries = item[1:]
+                first = len(self.ids) + len([x for x in expanded if x[0] == "add"])
+                for k, kind in enumerate(kinds):
+                    after = [-1] if k else ([extra] if first else [])
+                    expanded.append(("add", kind, 0, after, retries, 0))
+            else:
+                expanded.append(item)
+        for item in expanded:
             name = item[0]
             if name == "add" and worker.running:
                 kind, prio = item[1], item[2]
+                after_idx, retries, delay = item[3:6] if len(item) > 3 else ((), 0, 0)
+                after = sorted({self.ids[i % len(self.ids)] for i in after_idx}) if self.ids else []
+                if after_idx == [-1] and self.ids:  # a pipeline step: after the task just added
+                    after = [self.ids[-1]]
+                chain: dict[str, Any] = {}
+                if after:
+                    chain["after"] = after
+                if retries:
+                    chain.update(retries=retries, retry_delay=delay)
                 tid = f"t{len(self.ids)}"
+                before = len(worker)
+                try:
+                    if kind.startswith("sync_"):
+                        await worker.add_task(self.sync_body, tid, kind, priority=prio, task_id=tid,
+                                              **chain)
+                    else:
+                        timeout = 0.005 if kind == "timeout" else None
+                        await worker.add_task(self.body, tid, kind, priority=prio, task_id=tid,
+                                              timeout=timeout, **chain)
+                except ValueError:
+                    # Refused: a dependency already failed or was cancelled. Nothing created.
+                    assert tid not in worker and len(worker) == before
+                    assert any(worker.get_task_info(d).status in (TaskStatus.FAILED, TaskStatus.CANCELLED)  # type: ignore[union-attr]
+                               for d in after), after
+                    continue
                 if kind.startswith("sync_"):
                     self.tgates[tid] = threading.Event()
-                    await worker.add_task(self.sync_body, tid, kind, priority=prio, task_id=tid)
                 else:
                     self.gates[tid] = asyncio.Event()
-                    timeout = 0.005 if kind == "timeout" else None
-                    await worker.add_task(self.body, tid, kind, priority=prio, task_id=tid,
-                                          timeout=timeout)
                 self.ids.append(tid)
             elif name == "cancel" and self.ids:
                 await worker.cancel_task(self.ids[item[1] % len(self.ids)])
@@ -303,6 +377,15 @@ class Scenario:
         assert not (model.cancelled_while_pending & model.started_bodies)
         assert model.peak <= model.largest_max_workers
         assert model.order_violations == []
+        assert model.early_starts == []
+        for tid, deps in model.depends_on.items():
+            info = worker.get_task_info(tid)
+            assert info is not None
+            statuses = {model.final_status[d] for d in deps}
+            if statuses & {TaskStatus.FAILED, TaskStatus.CANCELLED}:
+                assert info.status == TaskStatus.CANCELLED, (info, statuses)
+            if info.status == TaskStatus.COMPLETED:
+                assert statuses <= {TaskStatus.COMPLETED}, (info, statuses)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -128,7 +128,9 @@ class RowView {
       if (!active) this.el.classList.remove("tw-cancelling");
     }
     this.setProgress(row.progress);
-    if (!old || old.error !== row.error || old.traceback !== row.traceback) this.updateDetail(row);
+    if (!old || old.error !== row.error || old.traceback !== row.traceback || old.note !== row.note) {
+      this.updateDetail(row);
+    }
     rowUpdated(this, old); // details.js
     this.tick();
   }
@@ -146,15 +148,19 @@ class RowView {
       this.detail.remove();
       this.detail = null;
     }
-    // A task's own view shows its error in its output area already, and in its details pane.
-    if (this.view.single || (!row.error && !row.traceback)) return;
+    // A task's own view shows its error in its output area already, and in its details pane;
+    // both views show a chain's note ("waiting for load", "attempt 2/4, retrying in 3 s").
+    const error = this.view.single ? null : row.error;
+    const traceback = this.view.single ? null : row.traceback;
+    if (!row.note && !error && !traceback) return;
     const detail = h("div", "tw-detail");
     detail.setAttribute("role", "note");
-    if (row.error) detail.appendChild(h("div", "tw-error", row.error));
-    if (row.traceback) {
+    if (row.note) detail.appendChild(h("div", "tw-error tw-note", row.note));
+    if (error) detail.appendChild(h("div", "tw-error", error));
+    if (traceback) {
       const details = detail.appendChild(h("details", "tw-traceback"));
       details.appendChild(h("summary", null, "Traceback"));
-      details.appendChild(h("pre", "tw-traceback-text", row.traceback));
+      details.appendChild(h("pre", "tw-traceback-text", traceback));
     }
     this.detail = this.el.appendChild(detail);
   }
