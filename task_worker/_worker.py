@@ -700,23 +700,23 @@ class AsyncTaskWorker:
             rec = pop()
             if rec is None:
                 return
-            # Launch it (inline: this runs once per task). The timer and the
-            # event come first: an eager first step may already end the task.
+            # Launch it (inline: this runs once per task). The timer first: an
+            # eager first step may already end the task.
             assert rec.ctx is not None
             rec.status = _RUNNING
             rec.started = _now()
             running[rec.id] = rec
             if rec.timeout is not None:
                 rec.timer = loop.call_later(rec.timeout, self._on_timeout, rec)
-            if self._hub.has_subscribers:
-                self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
             if eager:
-                # The slot is held by _starting during the first step; _run
-                # sets rec.task to the job itself (current_task()). Outside a
-                # running loop (max_workers set from sync code) the step is
-                # only scheduled, as without eager start.
+                # The slot is held by _starting during the "started" event and
+                # the first step; _run sets rec.task to the job itself
+                # (current_task()). Outside a running loop (max_workers set from
+                # sync code) the step is only scheduled, as without eager start.
                 self._starting = 1
                 try:
+                    if self._hub.has_subscribers:
+                        self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
                     job = _Task(self._run(rec), loop=loop, context=rec.ctx, eager_start=True)
                 finally:
                     self._starting = 0
@@ -734,6 +734,8 @@ class AsyncTaskWorker:
                 job = rec.ctx.run(loop.create_task, self._run(rec))
             rec.task = job
             jobs[job] = rec
+            if self._hub.has_subscribers:
+                self._hub.emit(TaskEvent(_STARTED, rec.snapshot()))
 
     async def _run(self, rec: TaskRecord) -> None:
         # The job: one task's asyncio task. It releases its own slot (no done

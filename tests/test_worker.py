@@ -369,6 +369,23 @@ def test_max_workers_raised_while_the_loop_is_not_running_starts_the_tasks_once_
         loop.close()
 
 
+
+async def test_the_started_event_counts_the_task_busy_and_precedes_its_finish() -> None:
+    seen: list[tuple[str, str, int]] = []
+
+    async def body() -> None:
+        return None
+
+    async with AsyncTaskWorker(max_workers=2) as w:
+        w.subscribe(lambda e: seen.append((e.kind.value, e.info.id, w.stats().busy))
+                    if e.info is not None else None)
+        tid = w.add_task_nowait(body)
+        await w.join()
+    kinds = [(kind, busy) for kind, task_id, busy in seen if task_id == tid]
+    assert [k for k, _ in kinds] == ["added", "started", "finished"]
+    assert dict(kinds)["started"] == 1
+
+
 # ---------------------------------------------------------------- results
 async def test_wait_returns_result_and_join_waits_for_everything(worker: AsyncTaskWorker) -> None:
     ids = [await worker.add_task(_value, i) for i in range(10)]
