@@ -353,81 +353,105 @@ class AsyncTaskWorker:
         await self.stop()
 
     # ------------------------------------------------------------------ adding
-    async def add_task(
-        self,
-        task_func: Callable[..., Any] | str,
-        *args: Any,
-        priority: int = 0,
-        task_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        executor: Any = None,
-        **kwargs: Any,
-    ) -> str:
-        """Queue ``task_func(*args, **kwargs)`` and return its task id.
+    if TYPE_CHECKING:
+        # What type checkers and editors see: the chain options as the keyword
+        # parameters they are. At run time they travel in ``**kwargs`` (below):
+        # five more keyword parameters would cost every call, chained or not.
+        async def add_task(
+            self, task_func: Callable[..., Any] | str, *args: Any, priority: int = 0,
+            task_id: str | None = None, metadata: Mapping[str, Any] | None = None,
+            timeout: float | None = None, executor: Any = None,
+            after: str | Iterable[str] | None = None, retries: int = 0, retry_delay: float = 1.0,
+            retry_backoff: float = 2.0,
+            retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+            **kwargs: Any,
+        ) -> str: ...
 
-        ``add_task(func, *args, priority=0, task_id=None, metadata=None, timeout=None,
-        executor=None, after=None, retries=0, retry_delay=1.0, retry_backoff=2.0,
-        retry_on=(Exception,), **kwargs)``
+        def add_task_nowait(
+            self, task_func: Callable[..., Any] | str, *args: Any, priority: int = 0,
+            task_id: str | None = None, metadata: Mapping[str, Any] | None = None,
+            timeout: float | None = None, executor: Any = None,
+            after: str | Iterable[str] | None = None, retries: int = 0, retry_delay: float = 1.0,
+            retry_backoff: float = 2.0,
+            retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+            **kwargs: Any,
+        ) -> str: ...
+    else:
+        async def add_task(
+            self,
+            task_func: Callable[..., Any] | str,
+            *args: Any,
+            priority: int = 0,
+            task_id: str | None = None,
+            metadata: Mapping[str, Any] | None = None,
+            timeout: float | None = None,
+            executor: Any = None,
+            **kwargs: Any,
+        ) -> str:
+            """Queue ``task_func(*args, **kwargs)`` and return its task id.
 
-        Args:
-            task_func: A coroutine function (runs on the loop), a plain function
-                (runs in a worker thread), or a registered task type name.
-            priority: Lower runs first; equal priorities run in submission order.
-            task_id: A unique id; generated when ``None``.
-            metadata: Any mapping, kept (copied, read-only) with the task.
-            timeout: Seconds before the task is stopped and ends ``failed`` with
-                ``TimeoutError``; defaults to the worker's ``task_timeout``.
-            executor: Run this task elsewhere (a ``distributed.Client``).
-            after: A task id or name, or a collection of them: the task stays
-                ``pending`` (holding no slot, ``info.waiting_for`` says for what)
-                until every one of them completed, then competes by priority as
-                usual. A name means the newest task with that name now. If one
-                fails or is cancelled, this task is cancelled (and what waits on it).
-            retries: Attempts to make again after an attempt raised one of
-                ``retry_on`` (never ``CancelledError``; the task's own timeout only
-                if ``retry_on`` names ``TimeoutError``).
-            retry_delay: Seconds before the first retry; each later one waits
-                ``retry_backoff`` times longer; each delay varies by +-10% (jitter).
-                The task is ``pending`` during a delay and holds no slot.
-            retry_backoff: Factor (>= 1) between successive retry delays.
-            retry_on: The exception type, or tuple of types, to retry.
+            ``add_task(func, *args, priority=0, task_id=None, metadata=None, timeout=None,
+            executor=None, after=None, retries=0, retry_delay=1.0, retry_backoff=2.0,
+            retry_on=(Exception,), **kwargs)``
 
-        A function that declares a ``progress_callback`` parameter receives one;
-        any task code can also call ``task_worker.report_progress``.
+            Args:
+                task_func: A coroutine function (runs on the loop), a plain function
+                    (runs in a worker thread), or a registered task type name.
+                priority: Lower runs first; equal priorities run in submission order.
+                task_id: A unique id; generated when ``None``.
+                metadata: Any mapping, kept (copied, read-only) with the task.
+                timeout: Seconds before the task is stopped and ends ``failed`` with
+                    ``TimeoutError``; defaults to the worker's ``task_timeout``.
+                executor: Run this task elsewhere (a ``distributed.Client``).
+                after: A task id or name, or a collection of them: the task stays
+                    ``pending`` (holding no slot, ``info.waiting_for`` says for what)
+                    until every one of them completed, then competes by priority as
+                    usual. A name means the newest task with that name now. If one
+                    fails or is cancelled, this task is cancelled (and what waits on it).
+                retries: Attempts to make again after an attempt raised one of
+                    ``retry_on`` (never ``CancelledError``; the task's own timeout only
+                    if ``retry_on`` names ``TimeoutError``).
+                retry_delay: Seconds before the first retry; each later one waits
+                    ``retry_backoff`` times longer; each delay varies by +-10% (jitter).
+                    The task is ``pending`` during a delay and holds no slot.
+                retry_backoff: Factor (>= 1) between successive retry delays.
+                retry_on: The exception type, or tuple of types, to retry.
 
-        Raises:
-            RuntimeError: the worker is not started, or is stopping.
-            TypeError: ``task_func`` is not callable (or is a coroutine object),
-                or an option has the wrong type.
-            KeyError: ``task_func`` names no registered task type.
-            ValueError: ``task_id`` is taken, ``timeout`` is not positive, a
-                dependency is unknown or already failed or cancelled, or a retry
-                option is out of range.
-        """
-        if not kwargs or _chain_free(kwargs):
-            return self._add(task_func, args, kwargs, priority, task_id, metadata, timeout, executor,
-                             None)
-        return self._add_chained(task_func, args, kwargs, priority, task_id, metadata, timeout,
-                                 executor)
+            A function that declares a ``progress_callback`` parameter receives one;
+            any task code can also call ``task_worker.report_progress``.
 
-    def add_task_nowait(
-        self,
-        task_func: Callable[..., Any] | str,
-        *args: Any,
-        priority: int = 0,
-        task_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        executor: Any = None,
-        **kwargs: Any,
-    ) -> str:
-        """``add_task`` for synchronous callers on the loop's thread (callbacks, magics)."""
-        if not kwargs or _chain_free(kwargs):
-            return self._add(task_func, args, kwargs, priority, task_id, metadata, timeout, executor,
-                             None)
-        return self._add_chained(task_func, args, kwargs, priority, task_id, metadata, timeout,
-                                 executor)
+            Raises:
+                RuntimeError: the worker is not started, or is stopping.
+                TypeError: ``task_func`` is not callable (or is a coroutine object),
+                    or an option has the wrong type.
+                KeyError: ``task_func`` names no registered task type.
+                ValueError: ``task_id`` is taken, ``timeout`` is not positive, a
+                    dependency is unknown or already failed or cancelled, or a retry
+                    option is out of range.
+            """
+            if not kwargs or _chain_free(kwargs):
+                return self._add(task_func, args, kwargs, priority, task_id, metadata, timeout, executor,
+                                 None)
+            return self._add_chained(task_func, args, kwargs, priority, task_id, metadata, timeout,
+                                     executor)
+
+        def add_task_nowait(
+            self,
+            task_func: Callable[..., Any] | str,
+            *args: Any,
+            priority: int = 0,
+            task_id: str | None = None,
+            metadata: Mapping[str, Any] | None = None,
+            timeout: float | None = None,
+            executor: Any = None,
+            **kwargs: Any,
+        ) -> str:
+            """``add_task`` for synchronous callers on the loop's thread (callbacks, magics)."""
+            if not kwargs or _chain_free(kwargs):
+                return self._add(task_func, args, kwargs, priority, task_id, metadata, timeout, executor,
+                                 None)
+            return self._add_chained(task_func, args, kwargs, priority, task_id, metadata, timeout,
+                                     executor)
 
     def _add(
         self, task_func: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
