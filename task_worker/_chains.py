@@ -198,10 +198,18 @@ def dependents_note(n: int) -> str:
     return f" (and {n} dependent task{'s' if n != 1 else ''} waiting on it)"
 
 
-def dependency_reason(label: str, status: TaskStatus) -> str:
-    """The error of a dependent cancelled because its dependency ``label`` ended ``status``."""
-    what = "failed" if status is _FAILED else "was cancelled"
-    return f"cancelled: dependency {label!r} {what}"
+def _ended(status: TaskStatus) -> str:
+    return "failed" if status is _FAILED else "was cancelled"
+
+
+def dependency_reason(label: str, status: TaskStatus,
+                      root: tuple[str, TaskStatus] | None = None) -> str:
+    """The error of a dependent cancelled because its dependency ``label`` ended ``status``;
+    ``root``: the task whose end started the cascade, when that is not ``label`` itself."""
+    reason = f"cancelled: dependency {label!r} {_ended(status)}"
+    if root is not None:
+        reason += f", because {root[0]!r} {_ended(root[1])}"
+    return reason
 
 
 def _lookup(items: Iterable[Any], by_id: dict[str, Any], key: str,

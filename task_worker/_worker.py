@@ -660,10 +660,11 @@ class AsyncTaskWorker:
         for _, dep in pairs:
             if dep.chain is not None:
                 dep.chain.dependents = None
+        root = (self._label(rec), rec.info.status) if rec.info is not None else None
         for parent, dep in pairs:
             if dep.info is None and parent.info is not None:
-                self._end(dep, _CANCELLED,
-                          error=dependency_reason(self._label(parent), parent.info.status))
+                self._end(dep, _CANCELLED, error=dependency_reason(
+                    self._label(parent), parent.info.status, None if parent is rec else root))
 
     def dependents(self, task_id: str) -> list[str]:
         """Ids of the pending tasks waiting on ``task_id`` through ``after=``, directly or

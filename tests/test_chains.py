@@ -222,7 +222,8 @@ async def test_failed_dependency_cancels_dependents_transitively(worker: AsyncTa
     assert worker.get_task_info(a).status is FAILED  # type: ignore[union-attr]
     reasons = {t: worker.get_task_info(t) for t in (b, c, d)}
     assert reasons[b].error == "cancelled: dependency 'load' failed"  # type: ignore[union-attr]
-    assert reasons[c].error == "cancelled: dependency 'parse' was cancelled"  # type: ignore[union-attr]
+    assert reasons[c].error == (  # type: ignore[union-attr]
+        "cancelled: dependency 'parse' was cancelled, because 'load' failed")
     assert reasons[d].error == "cancelled: dependency 'load' failed"  # type: ignore[union-attr]
     for t in (a, b, c, d):
         assert rec.kinds(t).count(EventKind.FINISHED) == 1

@@ -127,7 +127,8 @@ async def test_dashboard_rows_show_waiting_retry_and_cascade_text(
     rows = {r["id"]: r for r in dash.rows}
     assert rows["download"]["note"] == "cancelled (and 2 dependent tasks waiting on it)"
     assert rows["parse"]["note"] == "cancelled: dependency 'download' was cancelled"
-    assert rows["train"]["note"] == "cancelled: dependency 'parse' was cancelled"
+    assert rows["train"]["note"] == (
+        "cancelled: dependency 'parse' was cancelled, because 'download' was cancelled")
     assert "error" not in rows["parse"]  # said once, in the note
     assert worker.cancel_task_nowait(flaky)
     dash.close()
