@@ -27,7 +27,7 @@ from ._namespace import LiveNamespaces
 from ._notify import NotifySettings
 from ._output import TaskOutput, run_routed
 from ._status import TaskStatus
-from ._table import cancel_all, text_table
+from ._table import cancel_all, chain_text, text_table
 from ._worker import AsyncTaskWorker
 
 #: Rows ``%task list`` prints unless told otherwise.
@@ -356,7 +356,9 @@ class TaskMagics(Magics):
         if status is TaskStatus.CANCELLED:
             print(f"task {info.name!r} was {info.error or 'cancelled'}")
             return None
-        print(f"task {info.name!r} is {status.value} ({info.progress:.0%}); "
+        state = chain_text(info)  # "waiting for load", "attempt 2/4, retrying in 3 s" ...
+        print(f"task {info.name!r} is {status.value}{', ' + state if state else ''} "
+              f"({info.progress:.0%}); "
               f"`await task_worker.wait({info.id!r})` waits for it")
         return None
 

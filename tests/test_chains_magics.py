@@ -73,6 +73,8 @@ def test_task_cancel_prints_the_dependents_it_cancels(ip: Any, capsys: Any) -> N
         ip.run_cell_magic("task", "-n chain_parse --after chain_download", "1")
         ip.run_cell_magic("task", "-n chain_fit --after chain_parse", "2")
         capsys.readouterr()
+        ip.run_line_magic("task", "result chain_fit")  # says what it waits for
+        assert "task 'chain_fit' is pending, waiting for chain_parse" in capsys.readouterr().out
         ip.run_line_magic("task", "cancel chain_download")
         out = capsys.readouterr().out
         assert "cancelled 1 task(s): chain_download" in out
