@@ -42,10 +42,12 @@ def _fresh_session() -> Iterator[None]:
 
 @pytest.fixture
 async def worker() -> AsyncIterator[task_worker.AsyncTaskWorker]:
-    """A started worker (4 slots), always stopped afterwards."""
+    """A started worker (4 slots), always stopped afterwards (its unfinished tasks cancelled first)."""
     w = task_worker.AsyncTaskWorker(max_workers=4)
     await w.start()
     try:
         yield w
     finally:
+        for info in w.get_all_tasks(status=("pending", "running")):
+            w.cancel_task_nowait(info.id)
         await w.stop(timeout=1)

@@ -90,19 +90,6 @@ class FakeClock:
 
 
 @pytest.fixture
-async def worker() -> Any:
-    """A started worker (4 slots); its unfinished tasks are cancelled at teardown."""
-    w = AsyncTaskWorker(max_workers=4)
-    await w.start()
-    try:
-        yield w
-    finally:
-        for info in w.get_all_tasks(status=("pending", "running")):
-            w.cancel_task_nowait(info.id)
-        await w.stop(timeout=1)
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

@@ -88,18 +88,6 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def worker() -> Any:
-    w = AsyncTaskWorker(max_workers=4)
-    await w.start()
-    try:
-        yield w
-    finally:
-        for info in w.get_all_tasks(status=("pending", "running")):
-            w.cancel_task_nowait(info.id)
-        await w.stop(timeout=1)
-
-
 def make_dashboard(worker: AsyncTaskWorker, clock: FakeClock, **options: Any) -> TaskDashboard:
     return TaskDashboard(worker, _clock=clock, _call_later=clock.call_later, **options)
 
